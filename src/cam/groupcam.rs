@@ -1,0 +1,145 @@
+//! Group-CAM (Zhang, Rao and Yang, "Group-CAM: Group Score-Weighted Visual Explanations for Deep
+//! Convolutional Networks", Sec. 3, Algorithm 1).
+//!
+//! `Variant::Official` follows the authors' code: alpha_l = ReLU(p_c(I'_l) - p_c(blur)) and
+//! map = minmax(sum_l alpha_l * up(M_l)), with M_l before its min-max. `Variant::Paper` follows
+//! Eq. 6-7: alpha_l = p_c(I'_l) - p_c(blur), map = minmax(ReLU(sum_l alpha_l * M'_l)).
+//! With G = 1 and no de-noise both reduce to Grad-CAM (up to the final min-max).
+
+use anyhow::{Result, bail};
+use tch::{Kind, Tensor};
+
+use super::{Explanation, activations, default_chunk, finish, score_batched};
+use crate::models::CamModel;
+use crate::ops::{self, Blur};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    Official,
+    Paper,
+}
+
+impl std::str::FromStr for Variant {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "official" => Ok(Variant::Official),
+            "paper" => Ok(Variant::Paper),
+            _ => bail!("unknown Group-CAM variant '{s}' (expected official or paper)"),
+        }
+    }
+}
+
+/// How channels are weighted before grouping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelWeights {
+    /// w^c = spatial mean of dlogit_c/dA (Eq. 1).
+    Gradient,
+    /// w^c = 1: no backward pass (the fine-tuning variant of Sec. 5).
+    Ones,
+}
+
+#[derive(Clone, Debug)]
+pub struct GroupCam {
+    pub groups: i64,
+    /// Eq. 3: zero each group's values at or below this percentile (0-100).
+    pub denoise: Option<f64>,
+    pub variant: Variant,
+    pub weights: ChannelWeights,
+    pub blur: Blur,
+    /// Images per scoring forward; `None` picks the device's default.
+    pub chunk: Option<i64>,
+}
+
+impl Default for GroupCam {
+    fn default() -> Self {
+        GroupCam {
+            groups: 32,
+            denoise: None,
+            variant: Variant::Official,
+            weights: ChannelWeights::Gradient,
+            blur: Blur::GROUP_CAM,
+            chunk: None,
+        }
+    }
+}
+
+impl GroupCam {
+    /// Explains a normalised N x 3 x H x W batch for `classes` (the argmax when `None`).
+    /// All N x (G + 1) scoring inputs share chunked forwards; the result equals N single calls.
+    pub fn explain(&self, model: &dyn CamModel, x: &Tensor, classes: Option<&[i64]>) -> Result<Explanation> {
+        let (n, _, h, w) = x.size4()?;
+        self.blur.check(h, w)?;
+        let k = model.target_channels();
+        if self.groups < 1 || self.groups > k {
+            bail!("--groups {} is out of range: the target layer has {k} channels (1..={k})", self.groups);
+        }
+        if let Some(t) = self.denoise {
+            if !(0.0..=100.0).contains(&t) {
+                bail!("de-noise percentile {t} is out of range 0..=100");
+            }
+        }
+        let act = activations(model, x, classes, self.weights == ChannelWeights::Gradient)?;
+        let weights = match &act.grad {
+            Some(g) => g.mean_dim([2i64, 3].as_slice(), false, Kind::Float),
+            None => Tensor::ones([n, k], (Kind::Float, x.device())),
+        };
+        let masks = self.group_masks(&act.a, &weights);
+        let groups = masks.size()[1];
+        let blurred = self.blur.apply(x)?;
+        let probs = self.score(model, x, &blurred, &masks, &act.classes);
+        let base = probs.narrow(1, 0, 1);
+        // A constant group is no mask at all: weight 0 whatever its forward returned.
+        let flat = masks.flatten(2, 3);
+        let live = (flat.amax(2, false) - flat.amin(2, false)).gt(0.0);
+        let gain = (probs.narrow(1, 1, groups) - base) * live;
+        let raw = match self.variant {
+            Variant::Official => {
+                // Upsampling is linear, so sum_l alpha_l up(M_l) = up(sum_l alpha_l M_l).
+                let alpha = gain.relu().view([n, groups, 1, 1]);
+                ops::upsample(&(masks * alpha).sum_dim_intlist(1, true, Kind::Float), h, w)
+            }
+            Variant::Paper => {
+                let alpha = gain.view([n, groups, 1, 1]);
+                let normed = ops::minmax(&ops::upsample(&masks.reshape([n * groups, 1, -1, masks.size()[3]]), h, w)).0;
+                (normed.view([n, groups, h, w]) * alpha).sum_dim_intlist(1, true, Kind::Float).relu()
+            }
+        };
+        finish(&raw.squeeze_dim(1), &act.classes)
+    }
+
+    /// M_l = ReLU(sum of w_k A^k over group l), groups split like `torch.chunk`, then Eq. 3.
+    pub fn group_masks(&self, a: &Tensor, weights: &Tensor) -> Tensor {
+        let wa = a.to_kind(Kind::Float) * weights.unsqueeze(-1).unsqueeze(-1);
+        let sums: Vec<Tensor> = wa.chunk(self.groups, 1).iter().map(|g| g.sum_dim_intlist(1, true, Kind::Float)).collect();
+        let m = Tensor::cat(&sums, 1).relu();
+        match self.denoise {
+            None => m,
+            Some(theta) => {
+                let s = m.size();
+                let flat = m.reshape([s[0] * s[1], -1]);
+                let q = flat.quantile_scalar(theta / 100.0, 1, true, "linear");
+                flat.where_self(&flat.gt_tensor(&q), &flat.zeros_like()).reshape(s)
+            }
+        }
+    }
+
+    /// p_c of each image's baseline (column 0) and of its G masked inputs (columns 1..=G),
+    /// where I'_l = I * M'_l + blur * (1 - M'_l); the baseline is the all-zero mask.
+    fn score(&self, model: &dyn CamModel, x: &Tensor, blurred: &Tensor, masks: &Tensor, classes: &Tensor) -> Tensor {
+        let (n, g, mh, mw) = masks.size4().expect("masks are 4-D");
+        let (h, w) = (x.size()[2], x.size()[3]);
+        let per = g + 1;
+        let ext = Tensor::cat(&[masks.zeros_like().narrow(1, 0, 1), masks.shallow_clone()], 1).reshape([n * per, 1, mh, mw]);
+        let owner = Tensor::arange(n * per, (Kind::Int64, x.device())).floor_divide_scalar(per);
+        let cls = classes.index_select(0, &owner);
+        let chunk = self.chunk.unwrap_or_else(|| default_chunk(x.device()));
+        let make = |start: i64, len: i64| {
+            let m = ops::minmax(&ops::upsample(&ext.narrow(0, start, len), h, w)).0.to_kind(x.kind());
+            let idx = owner.narrow(0, start, len);
+            let (xi, bi) = (x.index_select(0, &idx), blurred.index_select(0, &idx));
+            &xi * &m + &bi * (1.0 - &m)
+        };
+        score_batched(model, n * per, chunk, &cls, &make).view([n, per])
+    }
+}

@@ -1,0 +1,12 @@
+//! The 1000 ImageNet-1k class names, in torchvision's order.
+
+const NAMES: &str = include_str!("imagenet_classes.txt");
+
+/// The name of class `i`, or `class i` outside ImageNet-1k.
+pub fn class_name(i: i64) -> String {
+    usize::try_from(i)
+        .ok()
+        .and_then(|i| NAMES.lines().nth(i))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("class {i}"))
+}

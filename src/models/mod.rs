@@ -1,0 +1,220 @@
+//! Classifiers as the CAM code sees them: `features(x) -> A` (the target layer's activations)
+//! and `head(A) -> logits`. Nothing outside this module knows an architecture.
+
+pub mod efficientnet_lite;
+pub mod resnet;
+pub mod vgg;
+pub mod weights;
+
+use std::cell::Cell;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use anyhow::{Result, bail};
+use tch::{Device, Tensor, nn};
+
+/// What the CAM code needs from a classifier.
+pub trait CamModel {
+    /// Activations of the target layer for a normalised N x 3 x H x W batch.
+    fn features_t(&self, x: &Tensor, train: bool) -> Tensor;
+    /// Logits from target-layer activations.
+    fn head_t(&self, a: &Tensor, train: bool) -> Tensor;
+    /// The mode `features`/`head`/`forward` use (BatchNorm statistics, dropout).
+    fn training(&self) -> bool;
+    fn set_training(&self, on: bool);
+    /// The per-channel normalisation that turns [0, 1] RGB into this model's input.
+    fn input_norm(&self) -> Normalization;
+    fn num_classes(&self) -> i64;
+    /// K, the channel count of the target layer.
+    fn target_channels(&self) -> i64;
+    fn device(&self) -> Device;
+
+    fn features(&self, x: &Tensor) -> Tensor {
+        self.features_t(x, self.training())
+    }
+    fn head(&self, a: &Tensor) -> Tensor {
+        self.head_t(a, self.training())
+    }
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.head(&self.features(x))
+    }
+    /// Inference logits, whatever the mode.
+    fn logits_eval(&self, x: &Tensor) -> Tensor {
+        self.head_t(&self.features_t(x, false), false)
+    }
+}
+
+/// x_norm = (x - mean) / std per RGB channel, x in [0, 1].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Normalization {
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+}
+
+impl Normalization {
+    pub const IMAGENET: Normalization =
+        Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+    /// (x*255 - 127) / 128, the TF EfficientNet-Lite preprocessing.
+    pub const TF_LITE: Normalization = Normalization {
+        mean: [127.0 / 255.0; 3],
+        std: [128.0 / 255.0; 3],
+    };
+
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        let (mean, std) = self.tensors(x);
+        (x - mean) / std
+    }
+
+    pub fn invert(&self, x: &Tensor) -> Tensor {
+        let (mean, std) = self.tensors(x);
+        x * std + mean
+    }
+
+    fn tensors(&self, x: &Tensor) -> (Tensor, Tensor) {
+        let t = |v: &[f64; 3]| Tensor::from_slice(v).view([1, 3, 1, 1]).to_kind(x.kind()).to_device(x.device());
+        (t(&self.mean), t(&self.std))
+    }
+}
+
+/// The architectures the crate builds, with torchvision's (or efficientnet-pytorch's) names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Resnet18,
+    Resnet34,
+    Resnet50,
+    Resnet101,
+    Resnet152,
+    Vgg16,
+    Vgg19,
+    EfficientNetLite0,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 8] = [
+        Arch::Resnet18,
+        Arch::Resnet34,
+        Arch::Resnet50,
+        Arch::Resnet101,
+        Arch::Resnet152,
+        Arch::Vgg16,
+        Arch::Vgg19,
+        Arch::EfficientNetLite0,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Resnet18 => "resnet18",
+            Arch::Resnet34 => "resnet34",
+            Arch::Resnet50 => "resnet50",
+            Arch::Resnet101 => "resnet101",
+            Arch::Resnet152 => "resnet152",
+            Arch::Vgg16 => "vgg16",
+            Arch::Vgg19 => "vgg19",
+            Arch::EfficientNetLite0 => "efficientnet-lite0",
+        }
+    }
+
+    pub fn input_norm(self) -> Normalization {
+        match self {
+            Arch::EfficientNetLite0 => Normalization::TF_LITE,
+            _ => Normalization::IMAGENET,
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Arch {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let norm = s.to_ascii_lowercase().replace('_', "-");
+        for a in Arch::ALL {
+            if a.name() == norm || a.name().replace('-', "") == norm.replace('-', "") {
+                return Ok(a);
+            }
+        }
+        let names: Vec<_> = Arch::ALL.iter().map(|a| a.name()).collect();
+        bail!("unknown architecture '{s}'; expected one of {}", names.join(", "))
+    }
+}
+
+/// The split of a network at its target layer.
+pub trait Backbone: Send {
+    fn features_t(&self, x: &Tensor, train: bool) -> Tensor;
+    fn head_t(&self, a: &Tensor, train: bool) -> Tensor;
+    fn target_channels(&self) -> i64;
+}
+
+/// A classifier with its variables, its architecture and its mode.
+pub struct Model {
+    pub arch: Arch,
+    pub vs: nn::VarStore,
+    net: Box<dyn Backbone>,
+    classes: i64,
+    training: Cell<bool>,
+}
+
+impl Model {
+    /// A randomly initialised model (PyTorch's default initialisers as tch implements them).
+    pub fn new(arch: Arch, num_classes: i64, device: Device) -> Model {
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let net: Box<dyn Backbone> = match arch {
+            Arch::Resnet18 => Box::new(resnet::ResNet::new(&root, resnet::Config::resnet18(), num_classes)),
+            Arch::Resnet34 => Box::new(resnet::ResNet::new(&root, resnet::Config::resnet34(), num_classes)),
+            Arch::Resnet50 => Box::new(resnet::ResNet::new(&root, resnet::Config::resnet50(), num_classes)),
+            Arch::Resnet101 => Box::new(resnet::ResNet::new(&root, resnet::Config::resnet101(), num_classes)),
+            Arch::Resnet152 => Box::new(resnet::ResNet::new(&root, resnet::Config::resnet152(), num_classes)),
+            Arch::Vgg16 => Box::new(vgg::Vgg::new(&root, vgg::Config::vgg16(), num_classes)),
+            Arch::Vgg19 => Box::new(vgg::Vgg::new(&root, vgg::Config::vgg19(), num_classes)),
+            Arch::EfficientNetLite0 => Box::new(efficientnet_lite::EfficientNetLite::new(
+                &root,
+                efficientnet_lite::Config::lite0(),
+                num_classes,
+            )),
+        };
+        Model { arch, vs, net, classes: num_classes, training: Cell::new(false) }
+    }
+
+    /// Builds the architecture and loads weights from a torchvision `.pth`/`.pt` state dict,
+    /// a `.safetensors` or a tch `.ot` file; the class count is read from the file.
+    pub fn load(arch: Arch, path: &Path, device: Device) -> Result<Model> {
+        let tensors = weights::read(path)?;
+        let classes = weights::classifier_classes(arch, &tensors, path)?;
+        let mut model = Model::new(arch, classes, device);
+        weights::assign(&mut model.vs, tensors, path, arch)?;
+        Ok(model)
+    }
+}
+
+impl CamModel for Model {
+    fn features_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.net.features_t(x, train)
+    }
+    fn head_t(&self, a: &Tensor, train: bool) -> Tensor {
+        self.net.head_t(a, train)
+    }
+    fn training(&self) -> bool {
+        self.training.get()
+    }
+    fn set_training(&self, on: bool) {
+        self.training.set(on)
+    }
+    fn input_norm(&self) -> Normalization {
+        self.arch.input_norm()
+    }
+    fn num_classes(&self) -> i64 {
+        self.classes
+    }
+    fn target_channels(&self) -> i64 {
+        self.net.target_channels()
+    }
+    fn device(&self) -> Device {
+        self.vs.device()
+    }
+}

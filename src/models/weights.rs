@@ -1,0 +1,155 @@
+//! Weights by path: torchvision `.pth`/`.pt` state dicts (PyTorch's zip + pickle format, parsed
+//! by candle-core's reader), `.safetensors` and tch `.ot`. Every tensor is checked against the
+//! architecture before any variable is touched, so a bad file changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use tch::{Kind, Tensor, nn};
+
+use super::Arch;
+
+/// The magic number that opens PyTorch's legacy (pre-1.6, non-zip) `torch.save` format.
+const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+
+/// Reads every tensor of a weights file, as CPU float tensors keyed by name.
+pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    let mut head = [0u8; 16];
+    let n = std::fs::File::open(path)
+        .with_context(|| format!("cannot open weights file {}", path.display()))?
+        .read(&mut head)
+        .with_context(|| format!("cannot read weights file {}", path.display()))?;
+    let head = &head[..n];
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let named: Vec<(String, Tensor)> = if head.starts_with(b"PK\x03\x04") {
+        read_torch_zip(path)?
+    } else if head.len() >= 13 && head[0] == 0x80 && head[3..13] == LEGACY_MAGIC {
+        bail!(
+            "{} is in PyTorch's legacy (pre-1.6) serialization format, which groupcam does not parse; \
+             convert it once with: python -c \"import torch; torch.save(torch.load('{0}', map_location='cpu'), 'converted.pth')\"",
+            path.display()
+        )
+    } else if ext == "safetensors" {
+        Tensor::read_safetensors(path).with_context(|| format!("{} is not a valid safetensors file", path.display()))?
+    } else if ext == "ot" {
+        Tensor::load_multi(path).with_context(|| format!("{} is not a valid tch .ot file", path.display()))?
+    } else {
+        bail!(
+            "{}: unrecognised weights format (expected a torch.save state dict .pth/.pt, .safetensors or .ot)",
+            path.display()
+        )
+    };
+    let mut out = BTreeMap::new();
+    for (name, t) in named {
+        if name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        out.insert(name, t.to_kind(Kind::Float));
+    }
+    if out.is_empty() {
+        bail!("{} holds no tensors", path.display());
+    }
+    Ok(out)
+}
+
+fn read_torch_zip(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let ctx = || format!("cannot parse {} as a torch.save state dict", path.display());
+    // Full checkpoints often nest the state dict under a key.
+    let mut last_err = None;
+    for key in [None, Some("state_dict"), Some("model"), Some("model_state_dict")] {
+        match candle_core::pickle::PthTensors::new(path, key) {
+            Ok(pth) if !pth.tensor_infos().is_empty() => {
+                let mut out = Vec::new();
+                for name in pth.tensor_infos().keys() {
+                    if name.ends_with("num_batches_tracked") {
+                        continue;
+                    }
+                    let t = pth
+                        .get(name)
+                        .with_context(ctx)?
+                        .ok_or_else(|| anyhow!("tensor '{name}' vanished from {}", path.display()))?;
+                    out.push((name.clone(), candle_to_tch(&t).with_context(|| format!("tensor '{name}' in {}", path.display()))?));
+                }
+                return Ok(out);
+            }
+            Ok(_) => {}
+            Err(e) => last_err = Some(e),
+        }
+    }
+    match last_err {
+        Some(e) => Err(anyhow!(e)).with_context(ctx),
+        None => bail!("{} holds no tensors", path.display()),
+    }
+}
+
+fn candle_to_tch(t: &candle_core::Tensor) -> Result<Tensor> {
+    let dims: Vec<i64> = t.dims().iter().map(|&d| d as i64).collect();
+    let data = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(Tensor::from_slice(&data).reshape(dims))
+}
+
+/// The class count of a state dict, read from its classifier; a file without the
+/// architecture's classifier is named as belonging to another architecture.
+pub fn classifier_classes(arch: Arch, tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<i64> {
+    let key = match arch {
+        Arch::Vgg16 | Arch::Vgg19 => "classifier.6.weight",
+        Arch::EfficientNetLite0 => "_fc.weight",
+        _ => "fc.weight",
+    };
+    match tensors.get(key) {
+        Some(t) if t.dim() == 2 => Ok(t.size()[0]),
+        Some(t) => bail!("tensor '{key}' in {} has shape {:?}, expected a 2-D classifier weight", path.display(), t.size()),
+        None => bail!(
+            "{} has no tensor '{key}': it is not a {arch} state dict (its first keys: {})",
+            path.display(),
+            tensors.keys().take(4).cloned().collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// Copies `tensors` into the store's variables after checking that the names and shapes match
+/// exactly (`num_batches_tracked` is ignored).
+pub fn assign(vs: &mut nn::VarStore, tensors: BTreeMap<String, Tensor>, path: &Path, arch: Arch) -> Result<()> {
+    let vars = vs.variables();
+    let want: BTreeSet<&String> = vars.keys().collect();
+    let have: BTreeSet<&String> = tensors.keys().collect();
+    let list = |s: Vec<&&String>| {
+        let n = s.len();
+        let mut names: Vec<String> = s.into_iter().take(5).map(|k| format!("'{k}'")).collect();
+        if n > 5 {
+            names.push(format!("and {} more", n - 5));
+        }
+        names.join(", ")
+    };
+    let missing: Vec<_> = want.difference(&have).collect();
+    if !missing.is_empty() {
+        bail!("{} is missing tensor(s) {} that {arch} needs (weights for another architecture?)", path.display(), list(missing));
+    }
+    let unexpected: Vec<_> = have.difference(&want).collect();
+    if !unexpected.is_empty() {
+        bail!("{} has unexpected tensor(s) {} for {arch} (weights for another architecture?)", path.display(), list(unexpected));
+    }
+    for (name, var) in &vars {
+        let t = &tensors[name];
+        if t.size() != var.size() {
+            bail!("tensor '{name}' in {} has shape {:?}; {arch} expects {:?}", path.display(), t.size(), var.size());
+        }
+    }
+    tch::no_grad(|| {
+        for (name, mut var) in vars {
+            var.copy_(&tensors[&name]);
+        }
+    });
+    Ok(())
+}
+
+/// Writes the store as safetensors with the same (torchvision) names, loadable in PyTorch
+/// with `safetensors.torch.load_file`.
+pub fn save_safetensors(vs: &nn::VarStore, path: &Path) -> Result<()> {
+    let vars = vs.variables();
+    let named: Vec<(String, Tensor)> =
+        vars.into_iter().map(|(k, v)| (k, v.detach().to_device(tch::Device::Cpu).contiguous())).collect();
+    Tensor::write_safetensors(&named, path).with_context(|| format!("cannot write {}", path.display()))
+}
