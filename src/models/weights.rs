@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use tch::{Kind, Tensor, nn};
 
 use super::Arch;
@@ -25,7 +25,7 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let named: Vec<(String, Tensor)> = if head.starts_with(b"PK\x03\x04") {
         read_torch_zip(path)?
-    } else if head.len() >= 13 && head[0] == 0x80 && head[3..13] == LEGACY_MAGIC {
+    } else if head.len() >= 14 && head[0] == 0x80 && head[4..14] == LEGACY_MAGIC {
         bail!(
             "{} is in PyTorch's legacy (pre-1.6) serialization format, which groupcam does not parse; \
              convert it once with: python -c \"import torch; torch.save(torch.load('{0}', map_location='cpu'), 'converted.pth')\"",
@@ -55,39 +55,64 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
 }
 
 fn read_torch_zip(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let ctx = || format!("cannot parse {} as a torch.save state dict", path.display());
-    // Full checkpoints often nest the state dict under a key.
+    // candle-core parses the pickle; the storages are read here because candle refuses
+    // non-contiguous (e.g. channels-last) tensors, which torch.save keeps as they are.
     let mut last_err = None;
+    // Full checkpoints often nest the state dict under a key.
     for key in [None, Some("state_dict"), Some("model"), Some("model_state_dict")] {
-        match candle_core::pickle::PthTensors::new(path, key) {
-            Ok(pth) if !pth.tensor_infos().is_empty() => {
-                let mut out = Vec::new();
-                for name in pth.tensor_infos().keys() {
-                    if name.ends_with("num_batches_tracked") {
-                        continue;
-                    }
-                    let t = pth
-                        .get(name)
-                        .with_context(ctx)?
-                        .ok_or_else(|| anyhow!("tensor '{name}' vanished from {}", path.display()))?;
-                    out.push((name.clone(), candle_to_tch(&t).with_context(|| format!("tensor '{name}' in {}", path.display()))?));
-                }
-                return Ok(out);
-            }
+        match candle_core::pickle::read_pth_tensor_info(path, false, key) {
+            Ok(infos) if !infos.is_empty() => return read_storages(path, infos),
             Ok(_) => {}
             Err(e) => last_err = Some(e),
         }
     }
     match last_err {
-        Some(e) => Err(anyhow!(e)).with_context(ctx),
+        // candle's errors carry a backtrace after the first line.
+        Some(e) => bail!(
+            "cannot parse {} as a torch.save state dict: {}",
+            path.display(),
+            e.to_string().lines().next().unwrap_or("")
+        ),
         None => bail!("{} holds no tensors", path.display()),
     }
 }
 
-fn candle_to_tch(t: &candle_core::Tensor) -> Result<Tensor> {
-    let dims: Vec<i64> = t.dims().iter().map(|&d| d as i64).collect();
-    let data = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    Ok(Tensor::from_slice(&data).reshape(dims))
+fn read_storages(path: &Path, infos: Vec<candle_core::pickle::TensorInfo>) -> Result<Vec<(String, Tensor)>> {
+    use candle_core::DType;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .with_context(|| format!("{} is not a readable zip archive", path.display()))?;
+    let mut out = Vec::new();
+    for info in infos {
+        if info.name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        let kind = match info.dtype {
+            DType::F32 => Kind::Float,
+            DType::F64 => Kind::Double,
+            DType::F16 => Kind::Half,
+            DType::BF16 => Kind::BFloat16,
+            DType::I64 => Kind::Int64,
+            DType::U8 => Kind::Uint8,
+            other => bail!("tensor '{}' in {} has unsupported dtype {other:?}", info.name, path.display()),
+        };
+        let mut buf = Vec::new();
+        zip.by_name(&info.path)
+            .with_context(|| format!("tensor '{}': storage {} missing from {}", info.name, info.path, path.display()))?
+            .read_to_end(&mut buf)
+            .with_context(|| format!("tensor '{}': cannot read its storage from {}", info.name, path.display()))?;
+        let numel = (buf.len() / kind.elt_size_in_bytes()) as i64;
+        let shape: Vec<i64> = info.layout.shape().dims().iter().map(|&d| d as i64).collect();
+        let stride: Vec<i64> = info.layout.stride().iter().map(|&d| d as i64).collect();
+        let offset = info.layout.start_offset() as i64;
+        let needed = 1 + offset + shape.iter().zip(&stride).map(|(d, s)| (d - 1).max(0) * s).sum::<i64>();
+        if shape.iter().all(|&d| d > 0) && needed > numel {
+            bail!("tensor '{}' in {} is truncated: its storage holds {numel} values, the view needs {needed}", info.name, path.display());
+        }
+        let storage = Tensor::from_data_size(&buf, &[numel], kind);
+        out.push((info.name, storage.as_strided(shape, stride, offset).contiguous()));
+    }
+    Ok(out)
 }
 
 /// The class count of a state dict, read from its classifier; a file without the
