@@ -1,0 +1,55 @@
+//! Shared test helpers: the venv's Python makes PyTorch fixtures and reference results.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tch::Tensor;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The set-up's Python (`make venv`), or $GROUPCAM_PYTHON.
+pub fn python() -> PathBuf {
+    std::env::var_os("GROUPCAM_PYTHON").map(PathBuf::from).unwrap_or_else(|| root().join(".venv/bin/python"))
+}
+
+/// Runs tests/py/fixtures.py with `args`; panics with its stderr when it fails.
+pub fn py(args: &[&str]) {
+    let out = Command::new(python())
+        .arg(root().join("tests/py/fixtures.py"))
+        .args(args)
+        .output()
+        .expect("cannot run the venv's python: run `make venv` first");
+    assert!(out.status.success(), "fixtures.py {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The real EfficientNet-Lite0 weights converted by the set-up.
+pub fn effnet_weights() -> PathBuf {
+    let p = root().join(".venv/weights/efficientnet-lite0.pth");
+    assert!(p.exists(), "{} is missing: run `make venv`", p.display());
+    p
+}
+
+pub fn photo(name: &str) -> PathBuf {
+    root().join("tests/data").join(name)
+}
+
+pub fn npy(path: &Path) -> Tensor {
+    Tensor::read_npy(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    (a - b).abs().max().double_value(&[])
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// The binary under test.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_groupcam"))
+}
