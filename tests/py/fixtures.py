@@ -81,14 +81,14 @@ def cmd_effnet_logits(a):
     save_npy(a.out, model(x))
 
 
-def blur(x, ksize=51, sigma=50.0):
+def blur(x, ksize=51, sigma=50.0, border="reflect"):
     import kornia
-    return kornia.filters.gaussian_blur2d(x, (ksize, ksize), (sigma, sigma), border_type="reflect")
+    return kornia.filters.gaussian_blur2d(x, (ksize, ksize), (sigma, sigma), border_type=border)
 
 
 def cmd_blur(a):
     x = torch.from_numpy(np.load(a.input))
-    save_npy(a.out, blur(x, a.ksize, a.sigma))
+    save_npy(a.out, blur(x, a.ksize, a.sigma, a.border))
 
 
 def minmax(m):
@@ -173,6 +173,7 @@ def main():
     s.add_argument("--input", required=True)
     s.add_argument("--ksize", type=int, default=51)
     s.add_argument("--sigma", type=float, default=50.0)
+    s.add_argument("--border", default="reflect", help="reflect or constant (zeros)")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_blur)
     s = sub.add_parser("groupcam")
