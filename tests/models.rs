@@ -67,3 +67,20 @@ fn efficientnet_lite0_equals_efficientnet_lite_pytorch() {
     // 72 is not a multiple of 32, so TF "same" padding is exercised on odd sizes too.
     parity("efficientnet-lite0", 72);
 }
+
+#[test]
+fn real_efficientnet_lite0_equals_pytorch_on_the_photos() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Model::load(Arch::EfficientNetLite0, &effnet_weights(), Device::Cpu).unwrap();
+    let paths = [photo("coffee.png"), photo("chelsea.png")];
+    let (x, _) = groupcam::imageio::load_batch(&paths, 224, &model.input_norm()).unwrap();
+    let input = dir.path().join("x.npy");
+    let out = dir.path().join("logits.npy");
+    x.write_npy(&input).unwrap();
+    py(&["effnet-logits", "--weights", s(&effnet_weights()), "--input", s(&input), "--out", s(&out)]);
+    let logits = tch::no_grad(|| model.logits_eval(&x));
+    let d = max_abs_diff(&logits, &npy(&out));
+    eprintln!("real EfficientNet-Lite0 on the photos: logits max|d| {d:.2e}");
+    assert!(d <= 1e-4, "logits differ by {d}");
+    assert_eq!(logits.get(0).argmax(0, false).int64_value(&[]), 967, "the espresso photo's top-1");
+}
