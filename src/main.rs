@@ -229,17 +229,26 @@ fn unique_stem(path: &Path, i: usize, all: &[PathBuf]) -> String {
     if all.iter().filter(|p| stem(p) == s).count() > 1 { format!("{s}-{i}") } else { s }
 }
 
-/// Median of `reps` timed runs after one warm-up, in seconds.
-fn time_it(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
-    let mut t = Vec::new();
-    for _ in 0..reps.max(1) {
-        let s = Instant::now();
-        f()?;
-        t.push(s.elapsed().as_secs_f64());
+/// Medians of `reps` interleaved timings of each closure, after one warm-up of each:
+/// interleaving spreads the machine's noise evenly over what is compared.
+fn time_interleaved(reps: usize, fs: &mut [&mut dyn FnMut() -> Result<()>]) -> Result<Vec<f64>> {
+    let mut times = vec![Vec::new(); fs.len()];
+    for rep in 0..=reps.max(1) {
+        for (f, t) in fs.iter_mut().zip(times.iter_mut()) {
+            let s = Instant::now();
+            f()?;
+            if rep > 0 {
+                t.push(s.elapsed().as_secs_f64());
+            }
+        }
     }
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect())
 }
 
 fn bench_explain(a: BenchExplainArgs, device: Device) -> Result<()> {
@@ -259,27 +268,33 @@ fn bench_explain(a: BenchExplainArgs, device: Device) -> Result<()> {
                 tch::Cuda::synchronize(i as i64);
             }
         };
-        let explain = time_it(a.reps, || {
-            cam.explain(&model, &x, None)?;
-            sync();
-            Ok(())
-        })?;
-        let fwd_bwd = time_it(a.reps, || {
-            groupcam::cam::activations(&model, &x, None, true)?;
-            sync();
-            Ok(())
-        })?;
         let groups = x.repeat([a.groups + 1, 1, 1, 1]);
         let chunk = groupcam::cam::default_chunk(device);
-        let score = time_it(a.reps, || {
-            tch::no_grad(|| {
-                for part in groups.split(chunk, 0) {
-                    let _ = model.logits_eval(&part);
-                }
-            });
-            sync();
-            Ok(())
-        })?;
+        let t = time_interleaved(
+            a.reps,
+            &mut [
+                &mut || {
+                    cam.explain(&model, &x, None)?;
+                    sync();
+                    Ok(())
+                },
+                &mut || {
+                    groupcam::cam::activations(&model, &x, None, true)?;
+                    sync();
+                    Ok(())
+                },
+                &mut || {
+                    tch::no_grad(|| {
+                        for part in groups.split(chunk, 0) {
+                            let _ = model.logits_eval(&part);
+                        }
+                    });
+                    sync();
+                    Ok(())
+                },
+            ],
+        )?;
+        let (explain, fwd_bwd, score) = (t[0], t[1], t[2]);
         let parts = fwd_bwd + score;
         println!(
             "| {arch} | {} | {explain:.3} | {fwd_bwd:.3} | {score:.3} | {parts:.3} | {:.3} |",
