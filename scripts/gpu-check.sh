@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The device check, run on a lent GPU machine (no Rust there): build here with `make build`,
+# carry target/release/groupcam and .venv/weights, then on the device:
+#   bash scripts/gpu-check.sh            (results under $OUT, or ./gpu-check-out)
+# It checks that libtorch_cuda is linked and a GPU is used, compares CUDA and CPU maps, and runs
+# the benchmarks on the GPU.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu-check-out}
+mkdir -p "$out"
+torch_lib=${TORCH_LIB:-/opt/torch/.venv/lib/python3.12/site-packages/torch/lib}
+[ -d "$torch_lib" ] || torch_lib=$(ls -d /opt/torch/.venv/lib/python3*/site-packages/torch/lib | head -n1)
+export LD_LIBRARY_PATH="$torch_lib:${LD_LIBRARY_PATH:-}"
+py=${PYTHON:-/opt/torch/.venv/bin/python}
+bin=target/release/groupcam
+w=.venv/weights/efficientnet-lite0.pth
+log="$out/gpu-check.log"
+: >"$log"
+step() { echo "== $*" | tee -a "$log"; "$@" 2>&1 | tee -a "$log"; }
+
+readelf -d "$bin" | grep -E 'NEEDED|RUNPATH' | tee -a "$log"
+readelf -d "$bin" | grep -q libtorch_cuda || echo "FAIL: libtorch_cuda is not linked" | tee -a "$log"
+step "$bin" doctor
+step nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
+step "$bin" --device cuda predict --arch efficientnet-lite0 --weights "$w" --image tests/data/coffee.png --topk 3
+step "$bin" --device cuda explain --arch efficientnet-lite0 --weights "$w" --image tests/data/coffee.png tests/data/chelsea.png --out "$out/cuda"
+step "$bin" --device cpu explain --arch efficientnet-lite0 --weights "$w" --image tests/data/coffee.png tests/data/chelsea.png --out "$out/cpu"
+step "$py" -c "
+import numpy as np
+for s in ['coffee', 'chelsea']:
+    a, b = np.load('$out/cuda/%s.npy' % s), np.load('$out/cpu/%s.npy' % s)
+    print(s, 'max |cuda - cpu| =', float(abs(a - b).max()), 'peak cuda', divmod(int(a.argmax()), 224), 'cpu', divmod(int(b.argmax()), 224))
+"
+step "$bin" --device cuda bench explain --reps 10
+# Further benches register here as they land (augment, methods).
+for b in augment methods; do
+  if "$bin" bench --help | grep -q "^  $b"; then step "$bin" --device cuda bench "$b"; fi
+done
+rm -rf "$out/cuda" "$out/cpu"
+echo "done; log in $log"
