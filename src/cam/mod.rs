@@ -1,7 +1,12 @@
 //! Saliency methods over one shared core: the target layer's activations, the class to explain
 //! and batched scoring of perturbed inputs. Each method only says how it weights channels.
 
+pub mod gradcam;
+pub mod gradcampp;
 pub mod groupcam;
+pub mod methods;
+pub mod rise;
+pub mod scorecam;
 
 use anyhow::{Result, bail};
 use tch::{Device, Kind, Tensor};
