@@ -26,11 +26,17 @@ test: $(SETUP)
 	$(CARGO) test --release
 	$(CARGO) build --release --examples
 
-demo: build $(SETUP)
+# The embedded default: synthetic shapes, a ResNet-18 pre-trained then fine-tuned with the
+# Group-CAM augmentation (configs/demo.yaml), then explanations of the bundled photos.
+demo: build
 	$(BIN) doctor
-	$(BIN) predict --arch efficientnet-lite0 --weights $(EFFNET) --image tests/data/coffee.png tests/data/chelsea.png --topk 3
-	$(BIN) explain --arch efficientnet-lite0 --weights $(EFFNET) --image tests/data/coffee.png tests/data/chelsea.png --out out/demo
-	@echo "demo: overlays and maps are in out/demo/"
+	rm -rf out/demo
+	$(BIN) synth --out out/demo/data
+	$(BIN) finetune --config configs/demo.yaml
+	$(BIN) report out/demo/run
+	$(MAKE) --no-print-directory $(SETUP)
+	$(BIN) explain --arch efficientnet-lite0 --weights $(EFFNET) --image tests/data/coffee.png tests/data/chelsea.png --out out/demo/explain
+	@echo "demo: run in out/demo/run (tensorboard --logdir out/demo/run/tb), saliency grids in out/demo/run/saliency, photo maps in out/demo/explain"
 
 bench: build
 	$(BIN) bench explain --device cpu

@@ -21,14 +21,18 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     Ok(img.to_rgb8())
 }
 
-/// Torchvision's evaluation transform: an image already `size` x `size` is used as is;
-/// others are resized (shorter side `size` * 256/224, 256 at 224) and centre-cropped.
-pub fn eval_crop(img: &RgbImage, size: u32) -> Result<RgbImage> {
+/// The evaluation resize for an input size: 256 at 224, in proportion elsewhere.
+pub fn eval_resize(size: u32) -> u32 {
+    (size as f64 * 256.0 / 224.0).round() as u32
+}
+
+/// Torchvision's evaluation transform, Resize(shorter side `short`) + CenterCrop(`size`),
+/// except that an image already `size` x `size` is used as is, with no resampling.
+pub fn eval_crop(img: &RgbImage, size: u32, short: u32) -> Result<RgbImage> {
     let (w, h) = img.dimensions();
     if w == size && h == size {
         return Ok(img.clone());
     }
-    let short = (size as f64 * 256.0 / 224.0).round() as u32;
     let (nw, nh) = if w <= h {
         (short, (short as u64 * h as u64 / w as u64) as u32)
     } else {
@@ -61,7 +65,7 @@ pub fn to_image(x: &Tensor) -> Result<RgbImage> {
 pub fn load_batch(paths: &[impl AsRef<Path>], size: u32, norm: &Normalization) -> Result<(Tensor, Tensor)> {
     let mut raw = Vec::new();
     for p in paths {
-        let img = eval_crop(&load_rgb(p.as_ref())?, size).with_context(|| format!("image {}", p.as_ref().display()))?;
+        let img = eval_crop(&load_rgb(p.as_ref())?, size, eval_resize(size)).with_context(|| format!("image {}", p.as_ref().display()))?;
         raw.push(to_tensor(&img));
     }
     let rgb = Tensor::stack(&raw, 0);

@@ -11,6 +11,8 @@ use groupcam::cam::{GroupCam, Variant};
 use groupcam::models::{Arch, CamModel, Model};
 use groupcam::{imageio, predict};
 
+mod cli_train;
+
 #[derive(Parser)]
 #[command(name = "groupcam", version, about = "Group-CAM saliency maps, metrics and augmentation on libtorch")]
 struct Cli {
@@ -29,6 +31,12 @@ enum Command {
     Predict(PredictArgs),
     /// Group-CAM saliency maps: an overlay PNG and the raw map (.npy) per image.
     Explain(ExplainArgs),
+    /// Fine-tune a classifier with the Group-CAM augmentation (paper Sec. 5) from a YAML config.
+    Finetune(cli_train::FinetuneArgs),
+    /// Make a small labelled ImageFolder dataset of shapes with COCO boxes.
+    Synth(cli_train::SynthArgs),
+    /// Print a run's report, with a control run beside it.
+    Report(cli_train::ReportArgs),
     /// Benchmarks (figures for BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -93,6 +101,8 @@ struct ExplainArgs {
 enum BenchCommand {
     /// Explain time against its own parts (one forward+backward, one (G+1)-image scoring forward).
     Explain(BenchExplainArgs),
+    /// The loader's images/s per worker and the trainer's step against a bare step.
+    Train(cli_train::BenchTrainArgs),
 }
 
 #[derive(Args)]
@@ -124,9 +134,13 @@ fn run(cli: Cli) -> Result<()> {
     let device = parse_device(&cli.device)?;
     match cli.command {
         Command::Doctor => doctor(),
+        Command::Finetune(a) => cli_train::finetune(a),
+        Command::Synth(a) => cli_train::synth(a),
+        Command::Report(a) => cli_train::report(a),
         Command::Predict(a) => predict_cmd(a, device),
         Command::Explain(a) => explain_cmd(a, device),
         Command::Bench(BenchCommand::Explain(a)) => bench_explain(a, device),
+        Command::Bench(BenchCommand::Train(a)) => cli_train::bench_train(a, device),
     }
 }
 

@@ -68,8 +68,24 @@ impl GroupCam {
     /// Explains a normalised N x 3 x H x W batch for `classes` (the argmax when `None`).
     /// All N x (G + 1) scoring inputs share chunked forwards; the result equals N single calls.
     pub fn explain(&self, model: &dyn CamModel, x: &Tensor, classes: Option<&[i64]>) -> Result<Explanation> {
-        let (n, _, h, w) = x.size4()?;
+        let (_, _, h, w) = x.size4()?;
         self.blur.check(h, w)?;
+        self.explain_against(model, x, &self.blur.apply(x)?, classes)
+    }
+
+    /// `explain` with the baseline `blurred` (blur(x), or its resize with x) given: the
+    /// augmentation composes its output from the same blurred batch, so the crate blurs once.
+    pub fn explain_against(
+        &self,
+        model: &dyn CamModel,
+        x: &Tensor,
+        blurred: &Tensor,
+        classes: Option<&[i64]>,
+    ) -> Result<Explanation> {
+        let (n, _, h, w) = x.size4()?;
+        if blurred.size() != x.size() {
+            bail!("baseline of shape {:?} for images of shape {:?}", blurred.size(), x.size());
+        }
         let k = model.target_channels();
         if self.groups < 1 || self.groups > k {
             bail!("--groups {} is out of range: the target layer has {k} channels (1..={k})", self.groups);
@@ -86,8 +102,7 @@ impl GroupCam {
         };
         let masks = self.group_masks(&act.a, &weights);
         let groups = masks.size()[1];
-        let blurred = self.blur.apply(x)?;
-        let probs = self.score(model, x, &blurred, &masks, &act.classes);
+        let probs = self.score(model, x, blurred, &masks, &act.classes);
         let base = probs.narrow(1, 0, 1);
         // A constant group is no mask at all: weight 0 whatever its forward returned.
         let flat = masks.flatten(2, 3);

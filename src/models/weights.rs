@@ -173,8 +173,19 @@ pub fn assign(vs: &mut nn::VarStore, tensors: BTreeMap<String, Tensor>, path: &P
 /// Writes the store as safetensors with the same (torchvision) names, loadable in PyTorch
 /// with `safetensors.torch.load_file`.
 pub fn save_safetensors(vs: &nn::VarStore, path: &Path) -> Result<()> {
+    save_torchvision(vs, path, 0)
+}
+
+/// The store's tensors plus a `num_batches_tracked` (= `steps`) per BatchNorm, so that
+/// `model.load_state_dict(safetensors.torch.load_file(path))` loads strictly in PyTorch.
+pub fn save_torchvision(vs: &nn::VarStore, path: &Path, steps: i64) -> Result<()> {
     let vars = vs.variables();
-    let named: Vec<(String, Tensor)> =
-        vars.into_iter().map(|(k, v)| (k, v.detach().to_device(tch::Device::Cpu).contiguous())).collect();
+    let mut named: Vec<(String, Tensor)> =
+        vars.iter().map(|(k, v)| (k.clone(), v.detach().to_device(tch::Device::Cpu).contiguous())).collect();
+    for k in vars.keys() {
+        if let Some(prefix) = k.strip_suffix(".running_mean") {
+            named.push((format!("{prefix}.num_batches_tracked"), Tensor::from(steps)));
+        }
+    }
     Tensor::write_safetensors(&named, path).with_context(|| format!("cannot write {}", path.display()))
 }

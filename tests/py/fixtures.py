@@ -148,6 +148,15 @@ def cmd_groupcam(a):
         save_npy(a.gradcam_out, gradcam_reference(model, x, cls))
 
 
+def cmd_load_final(a):
+    """Loads groupcam's final.safetensors strictly into the torchvision model and runs it."""
+    from safetensors.torch import load_file
+    model = build(a.arch, 64, a.classes).eval()
+    model.load_state_dict(load_file(a.weights), strict=True)
+    x = torch.from_numpy(np.load(a.input))
+    save_npy(a.out, model(x))
+
+
 def cmd_legacy(a):
     model = torchvision.models.resnet18(num_classes=10)
     torch.save(model.state_dict(), a.out, _use_new_zipfile_serialization=False)
@@ -186,6 +195,16 @@ def main():
     s.add_argument("--out", required=True)
     s.add_argument("--gradcam-out", default=None)
     s.set_defaults(fn=cmd_groupcam)
+    s = sub.add_parser("load-final")
+    s.add_argument("--arch", required=True)
+    s.add_argument("--classes", type=int, required=True)
+    s.add_argument("--weights", required=True)
+    s.add_argument("--input", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_load_final)
+    s = sub.add_parser("cmyk")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=lambda a: __import__("PIL.Image").Image.new("CMYK", (40, 30), (10, 200, 30, 0)).save(a.out, "JPEG"))
     s = sub.add_parser("legacy")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_legacy)

@@ -1,0 +1,208 @@
+//! ImageFolder datasets as torchvision reads them, its train and eval transforms, and a
+//! loader that decodes on worker threads into a bounded prefetch queue.
+
+pub mod transforms;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::thread;
+
+use anyhow::{Context, Result, bail};
+use crossbeam_channel::{bounded, unbounded};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use tch::{Kind, Tensor};
+
+use crate::models::Normalization;
+
+const EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+
+/// Samples of a folder whose sub-folders are the classes, in sorted order (torchvision's
+/// `ImageFolder`): class i is the i-th sub-folder name.
+#[derive(Clone, Debug)]
+pub struct ImageFolder {
+    pub root: PathBuf,
+    pub classes: Vec<String>,
+    pub samples: Vec<(PathBuf, i64)>,
+}
+
+impl ImageFolder {
+    pub fn open(root: &Path) -> Result<ImageFolder> {
+        let entries = std::fs::read_dir(root).with_context(|| format!("cannot read dataset folder {}", root.display()))?;
+        let mut classes = BTreeSet::new();
+        for e in entries {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                classes.insert(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        let classes: Vec<String> = classes.into_iter().collect();
+        let mut samples = Vec::new();
+        for (i, c) in classes.iter().enumerate() {
+            let mut files: Vec<PathBuf> = walk(&root.join(c))?
+                .into_iter()
+                .filter(|p| {
+                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+                })
+                .collect();
+            files.sort();
+            samples.extend(files.into_iter().map(|f| (f, i as i64)));
+        }
+        if samples.is_empty() {
+            bail!("dataset folder {} has no images in class sub-folders (expected <class>/<image>.jpg|png)", root.display());
+        }
+        Ok(ImageFolder { root: root.to_path_buf(), classes, samples })
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+}
+
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            out.extend(walk(&p)?);
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// Which transform a loader applies.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Transform {
+    /// RandomResizedCrop(size, scale, ratio) + horizontal flip with probability `flip`.
+    Train { size: u32, scale: (f64, f64), ratio: (f64, f64), flip: f64 },
+    /// Resize(shorter side `resize`) + CenterCrop(size).
+    Eval { size: u32, resize: u32 },
+}
+
+/// A batch: normalised images (N x 3 x S x S), labels, and the files that could not be decoded.
+pub struct Batch {
+    pub images: Tensor,
+    pub labels: Tensor,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Reads batches of one epoch. Shuffling and every random transform are seeded by
+/// (seed, epoch, sample), so an epoch is the same whichever worker decodes what.
+#[derive(Clone, Debug)]
+pub struct Loader {
+    pub data: ImageFolder,
+    pub batch_size: usize,
+    pub shuffle: bool,
+    pub drop_last: bool,
+    pub transform: Transform,
+    pub norm: Normalization,
+    pub workers: usize,
+    /// Batches decoded ahead of the consumer.
+    pub prefetch: usize,
+    pub seed: u64,
+}
+
+impl Loader {
+    /// The sample indices of each batch of `epoch`.
+    pub fn batches(&self, epoch: usize) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..self.data.len()).collect();
+        if self.shuffle {
+            order.shuffle(&mut StdRng::seed_from_u64(mix(self.seed, epoch as u64, u64::MAX)));
+        }
+        let mut out: Vec<Vec<usize>> = order.chunks(self.batch_size.max(1)).map(|c| c.to_vec()).collect();
+        if self.drop_last && out.last().is_some_and(|b| b.len() < self.batch_size) {
+            out.pop();
+        }
+        out
+    }
+
+    pub fn num_batches(&self, epoch: usize) -> usize {
+        self.batches(epoch).len()
+    }
+
+    /// Iterates over the batches of `epoch`, from `start` on, decoded by `workers` threads.
+    pub fn epoch(&self, epoch: usize, start: usize) -> impl Iterator<Item = Batch> + use<> {
+        let plan: Vec<(usize, Vec<usize>)> = self.batches(epoch).into_iter().enumerate().skip(start).collect();
+        let (job_tx, job_rx) = unbounded::<(usize, Vec<usize>)>();
+        for job in plan {
+            job_tx.send(job).expect("queue open");
+        }
+        drop(job_tx);
+        let (out_tx, out_rx) = bounded::<(usize, Batch)>(self.prefetch.max(1));
+        for _ in 0..self.workers.max(1) {
+            let (jobs, out, me) = (job_rx.clone(), out_tx.clone(), self.clone());
+            thread::spawn(move || {
+                while let Ok((b, idx)) = jobs.recv() {
+                    if out.send((b, me.make_batch(epoch, &idx))).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(out_tx);
+        Reorder { rx: out_rx, next: start, pending: Default::default() }
+    }
+
+    fn make_batch(&self, epoch: usize, idx: &[usize]) -> Batch {
+        let mut images = Vec::new();
+        let mut labels = Vec::new();
+        let mut skipped = Vec::new();
+        for &i in idx {
+            let (path, label) = &self.data.samples[i];
+            let mut rng = StdRng::seed_from_u64(mix(self.seed, epoch as u64, i as u64));
+            match transforms::load(path, self.transform, &mut rng) {
+                Ok(t) => {
+                    images.push(t);
+                    labels.push(*label);
+                }
+                Err(e) => skipped.push((path.clone(), format!("{e:#}"))),
+            }
+        }
+        let images = if images.is_empty() {
+            Tensor::zeros([0, 3, 1, 1], (Kind::Float, tch::Device::Cpu))
+        } else {
+            self.norm.apply(&Tensor::stack(&images, 0))
+        };
+        Batch { images, labels: Tensor::from_slice(&labels), skipped }
+    }
+}
+
+/// Hands batches out in plan order whatever order the workers finish them in.
+struct Reorder {
+    rx: crossbeam_channel::Receiver<(usize, Batch)>,
+    next: usize,
+    pending: std::collections::BTreeMap<usize, Batch>,
+}
+
+impl Iterator for Reorder {
+    type Item = Batch;
+    fn next(&mut self) -> Option<Batch> {
+        loop {
+            if let Some(b) = self.pending.remove(&self.next) {
+                self.next += 1;
+                return Some(b);
+            }
+            let (i, b) = self.rx.recv().ok()?;
+            self.pending.insert(i, b);
+        }
+    }
+}
+
+/// A 64-bit mix of three numbers (splitmix64 steps), for per-sample seeds.
+fn mix(a: u64, b: u64, c: u64) -> u64 {
+    let mut x = a ^ 0x9E37_79B9_7F4A_7C15;
+    for v in [b, c] {
+        x = x.wrapping_add(v).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+    }
+    x
+}

@@ -1,0 +1,200 @@
+//! Insertion and deletion (Petsiuk et al., RISE, Sec. 4.1; Group-CAM paper Sec. 4.3).
+//!
+//! Pixels are taken in order of descending saliency (a stable sort: ties in index order), `step`
+//! pixels at a time. Deletion starts from the image and replaces pixels with the substrate
+//! (zeros in normalised space); insertion starts from the blurred image and puts the image's
+//! pixels back. The curve is the softmax probability of the class (the argmax on the clean image
+//! unless given) after 0, 1, ..., ceil(HW / step) steps, and its AUC is the trapezoid rule on
+//! [0, 1]: (sum - a_0 / 2 - a_n / 2) / (n - 1), as in the Group-CAM and RISE code.
+//!
+//! Every perturbed input is a pure function of the step index (the pixels of rank < i * step
+//! come from the finish image), so all of an image's steps, and those of several images, are
+//! scored in chunked batched forwards; `curve_stepwise` is the one-forward-per-step loop of the
+//! reference code, for tests and the benchmark.
+
+use std::str::FromStr;
+
+use anyhow::{Result, bail};
+use tch::{Kind, Tensor};
+
+use crate::cam::{default_chunk, score_batched};
+use crate::models::CamModel;
+use crate::ops::Blur;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Insertion,
+    Deletion,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Insertion => "insertion",
+            Mode::Deletion => "deletion",
+        }
+    }
+}
+
+/// A protocol: pixels per step and the insertion baseline's blur.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Preset {
+    pub name: &'static str,
+    /// Pixels moved per step.
+    pub step: i64,
+    /// The blur insertion starts from.
+    pub blur: Blur,
+}
+
+impl Preset {
+    /// The Group-CAM code: 448 pixels per step (113 points on 224 x 224), blur kernel 51, sigma 50.
+    pub const GROUP_CAM: Preset = Preset { name: "groupcam", step: 448, blur: Blur::GROUP_CAM };
+    /// The RISE code: 224 pixels per step (225 points), blur kernel 11, sigma 5, zero padding.
+    pub const RISE: Preset = Preset { name: "rise", step: 224, blur: Blur::RISE };
+
+    /// Points on a curve for an image of `pixels` pixels: ceil(pixels / step) + 1.
+    pub fn points(&self, pixels: i64) -> i64 {
+        (pixels + self.step - 1) / self.step + 1
+    }
+}
+
+impl FromStr for Preset {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "groupcam" => Ok(Preset::GROUP_CAM),
+            "rise" => Ok(Preset::RISE),
+            _ => bail!("unknown preset '{s}' (expected groupcam or rise)"),
+        }
+    }
+}
+
+/// (sum - a_0 / 2 - a_n / 2) / (n - 1): the trapezoid area under a curve sampled evenly on [0, 1].
+pub fn auc(curve: &[f64]) -> f64 {
+    let n = curve.len();
+    if n < 2 {
+        return curve.first().copied().unwrap_or(0.0);
+    }
+    (curve.iter().sum::<f64>() - curve[0] / 2.0 - curve[n - 1] / 2.0) / (n - 1) as f64
+}
+
+/// Pixel indices (row-major) by descending saliency, ties in index order.
+pub fn order(map: &Tensor) -> Tensor {
+    let flat = map.to_kind(Kind::Float).flatten(0, -1);
+    // Ascending stable sort of the negated map: descending, equal values keep their index order.
+    (-flat).sort_stable(true, 0, false).1
+}
+
+/// The rank of each pixel in `order` (H x W, int64).
+fn ranks(map: &Tensor) -> Tensor {
+    let ord = order(map);
+    let n = ord.size()[0];
+    ord.zeros_like().scatter(0, &ord, &Tensor::arange(n, (Kind::Int64, ord.device()))).view(map.size().as_slice())
+}
+
+/// The clean image's argmax for each of a normalised N x 3 x H x W batch.
+pub fn argmax_classes(model: &dyn CamModel, x: &Tensor) -> Result<Vec<i64>> {
+    let c = tch::no_grad(|| model.logits_eval(x).argmax(1, false));
+    Ok(Vec::<i64>::try_from(c.to_device(tch::Device::Cpu))?)
+}
+
+/// Start and finish images of a normalised N x 3 x H x W batch.
+pub fn endpoints(x: &Tensor, mode: Mode, preset: &Preset) -> Result<(Tensor, Tensor)> {
+    Ok(match mode {
+        Mode::Deletion => (x.shallow_clone(), x.zeros_like()),
+        Mode::Insertion => (preset.blur.apply(x)?, x.shallow_clone()),
+    })
+}
+
+fn check(x: &Tensor, maps: &Tensor, classes: &[i64]) -> Result<(i64, i64, i64)> {
+    let (n, c, h, w) = x.size4()?;
+    if c != 3 {
+        bail!("images must be N x 3 x H x W (got {:?})", x.size());
+    }
+    if maps.size() != [n, h, w] {
+        bail!("saliency maps of shape {:?} for images of shape {:?} (expected [{n}, {h}, {w}])", maps.size(), x.size());
+    }
+    if classes.len() as i64 != n {
+        bail!("{} classes given for {n} images", classes.len());
+    }
+    if maps.isfinite().logical_not().any().int64_value(&[]) != 0 {
+        bail!("a saliency map contains NaN or infinite values");
+    }
+    Ok((n, h, w))
+}
+
+/// Insertion or deletion curves of a normalised N x 3 x H x W batch and its N x H x W maps, for
+/// `classes` (the clean argmax when `None`): all N x points inputs in forwards of `chunk` images
+/// (the device's default when `None`).
+pub fn curves(
+    model: &dyn CamModel,
+    x: &Tensor,
+    maps: &Tensor,
+    classes: Option<&[i64]>,
+    mode: Mode,
+    preset: &Preset,
+    chunk: Option<i64>,
+) -> Result<Vec<Vec<f64>>> {
+    let classes = match classes {
+        Some(c) => c.to_vec(),
+        None => argmax_classes(model, x)?,
+    };
+    let (n, h, w) = check(x, maps, &classes)?;
+    let points = preset.points(h * w);
+    let (start, finish) = endpoints(x, mode, preset)?;
+    let maps = maps.to_device(x.device());
+    let ranks: Vec<Tensor> = (0..n).map(|i| ranks(&maps.get(i))).collect();
+    let ranks = Tensor::stack(&ranks, 0).unsqueeze(1);
+    let dev = x.device();
+    let owner = Tensor::arange(n * points, (Kind::Int64, dev)).floor_divide_scalar(points);
+    let step_of = Tensor::arange(n * points, (Kind::Int64, dev)).remainder(points);
+    let cls = Tensor::from_slice(&classes).to_device(dev).index_select(0, &owner);
+    let make = |s: i64, len: i64| {
+        let idx = owner.narrow(0, s, len);
+        let thr = (step_of.narrow(0, s, len) * preset.step).view([len, 1, 1, 1]);
+        let moved = ranks.index_select(0, &idx).lt_tensor(&thr);
+        finish.index_select(0, &idx).where_self(&moved, &start.index_select(0, &idx))
+    };
+    let chunk = chunk.unwrap_or_else(|| default_chunk(dev));
+    let p = score_batched(model, n * points, chunk, &cls, &make).to_kind(Kind::Double).view([n, points]);
+    let p = Vec::<f64>::try_from(p.to_device(tch::Device::Cpu).flatten(0, -1))?;
+    Ok(p.chunks(points as usize).map(|c| c.to_vec()).collect())
+}
+
+/// One image's curve the reference code's way: one forward per step, replacing the next `step`
+/// pixels of a working copy after each. x is 1 x 3 x H x W, `map` H x W.
+pub fn curve_stepwise(
+    model: &dyn CamModel,
+    x: &Tensor,
+    map: &Tensor,
+    class: i64,
+    mode: Mode,
+    preset: &Preset,
+) -> Result<Vec<f64>> {
+    let (_, h, w) = check(x, &map.unsqueeze(0), &[class])?;
+    let points = preset.points(h * w);
+    let (start, finish) = endpoints(x, mode, preset)?;
+    let ord = order(&map.to_device(x.device()));
+    let mut cur = start.view([3, h * w]).copy();
+    let fin = finish.view([3, h * w]);
+    let mut out = Vec::with_capacity(points as usize);
+    tch::no_grad(|| -> Result<()> {
+        for i in 0..points {
+            let probs = model.logits_eval(&cur.view([1, 3, h, w])).softmax(-1, Kind::Float);
+            out.push(probs.double_value(&[0, class]));
+            if i < points - 1 {
+                let lo = i * preset.step;
+                let idx = ord.narrow(0, lo, preset.step.min(h * w - lo));
+                let _ = cur.index_copy_(1, &idx, &fin.index_select(1, &idx));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Mean of equally long curves, point by point.
+pub fn mean_curve(curves: &[Vec<f64>]) -> Vec<f64> {
+    let Some(first) = curves.first() else { return Vec::new() };
+    (0..first.len()).map(|i| curves.iter().map(|c| c[i]).sum::<f64>() / curves.len() as f64).collect()
+}

@@ -1,0 +1,87 @@
+//! Checkpoints: one safetensors file holding the weights (`model/...`), the optimizer's momentum
+//! (`momentum/...`), the last probe maps and the run's state as JSON bytes (`meta`). Written to
+//! a temporary file and renamed, so a crash leaves the previous checkpoint whole.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor, nn};
+
+use super::sgd::Sgd;
+
+/// One epoch's record, as logged, checkpointed and reported.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub phase: String,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_top1: f64,
+    pub val_top1: f64,
+    pub val_top5: f64,
+    pub augmented_fraction: f64,
+    pub images_skipped: usize,
+    pub img_per_s: f64,
+    pub seconds: f64,
+    pub saliency_change: Option<f64>,
+    pub saliency_delta: Option<f64>,
+}
+
+/// Everything besides tensors that a resumed run needs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Meta {
+    /// Epochs completed.
+    pub epoch: usize,
+    pub step: u64,
+    pub best_top1: f64,
+    pub best_epoch: usize,
+    pub history: Vec<EpochRecord>,
+    pub saliency_streak: usize,
+    pub converged_at: Option<usize>,
+    pub loss_scale: f64,
+    pub arch: String,
+}
+
+pub fn save(path: &Path, vs: &nn::VarStore, sgd: &Sgd, saliency: Option<&Tensor>, meta: &Meta) -> Result<()> {
+    let cpu = |t: &Tensor| t.detach().to_device(tch::Device::Cpu).contiguous();
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(k, v)| (format!("model/{k}"), cpu(&v))).collect();
+    named.extend(sgd.buffers.iter().map(|(k, v)| (format!("momentum/{k}"), cpu(v))));
+    if let Some(s) = saliency {
+        named.push(("saliency/prev".into(), cpu(s)));
+    }
+    let json = serde_json::to_vec(meta)?;
+    named.push(("meta".into(), Tensor::from_slice(&json)));
+    let tmp = path.with_extension("tmp");
+    Tensor::write_safetensors(&named, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// Restores weights, momentum and state; returns the state and the last probe maps.
+pub fn load(path: &Path, vs: &mut nn::VarStore, sgd: &mut Sgd) -> Result<(Meta, Option<Tensor>)> {
+    let named = Tensor::read_safetensors(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let mut meta = None;
+    let mut saliency = None;
+    let mut model = std::collections::BTreeMap::new();
+    sgd.buffers.clear();
+    let device = vs.device();
+    for (k, t) in named {
+        if k == "meta" {
+            let bytes = Vec::<u8>::try_from(t.to_kind(Kind::Uint8))?;
+            meta = Some(serde_json::from_slice::<Meta>(&bytes).with_context(|| format!("{}: corrupt meta", path.display()))?);
+        } else if k == "saliency/prev" {
+            saliency = Some(t);
+        } else if let Some(n) = k.strip_prefix("momentum/") {
+            sgd.buffers.insert(n.to_string(), t.to_device(device));
+        } else if let Some(n) = k.strip_prefix("model/") {
+            model.insert(n.to_string(), t);
+        } else {
+            bail!("{}: unexpected tensor '{k}' in a checkpoint", path.display());
+        }
+    }
+    let meta = meta.with_context(|| format!("{} is not a groupcam checkpoint (no 'meta')", path.display()))?;
+    let arch: crate::models::Arch = meta.arch.parse()?;
+    crate::models::weights::assign(vs, model, path, arch)?;
+    Ok((meta, saliency))
+}

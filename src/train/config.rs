@@ -1,0 +1,362 @@
+//! One YAML config in; everything the run does is derived from it. Unknown keys and wrong
+//! types are named with their path, and missing paths are caught before any work.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// resnet18/34/50/101/152, vgg16, vgg19, efficientnet-lite0.
+    pub arch: String,
+    /// Starting weights (a torchvision state dict, safetensors or .ot); random init when absent.
+    #[serde(default)]
+    pub weights: Option<PathBuf>,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub augment: AugmentConfig,
+    #[serde(default)]
+    pub saliency: SaliencyConfig,
+    /// Epochs of plain training from the initial weights before the fine-tuning proper
+    /// (the demo pre-trains a ResNet-18 from scratch this way).
+    #[serde(default)]
+    pub pretrain: Option<PretrainConfig>,
+    /// The run directory (checkpoints, TensorBoard logs, saliency grids, report).
+    #[serde(default = "default_out")]
+    pub out: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// An ImageFolder root holding `train/` and `val/`.
+    pub root: PathBuf,
+    #[serde(default = "default_train_dir")]
+    pub train_dir: String,
+    #[serde(default = "default_val_dir")]
+    pub val_dir: String,
+    /// RandomResizedCrop size for training and CenterCrop size for validation.
+    #[serde(default = "default_input_size")]
+    pub input_size: u32,
+    /// Validation Resize (shorter side); 256 at 224, proportional elsewhere when absent.
+    #[serde(default)]
+    pub val_resize: Option<u32>,
+    #[serde(default = "default_scale")]
+    pub scale: [f64; 2],
+    #[serde(default = "default_ratio")]
+    pub ratio: [f64; 2],
+    /// Horizontal flip probability.
+    #[serde(default = "default_flip")]
+    pub flip: f64,
+    /// Decoding threads.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Batches decoded ahead.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Amp {
+    /// fp16 autocast with dynamic loss scaling on CUDA, full precision on CPU.
+    Auto,
+    /// fp16 autocast with dynamic loss scaling (CUDA only). tch 0.24 has no setter for the
+    /// autocast dtype, so bf16 is not offered.
+    Fp16,
+    Off,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    /// StepLR: lr x `lr_gamma` every `lr_step` epochs.
+    #[serde(default = "default_lr_step")]
+    pub lr_step: usize,
+    #[serde(default = "default_gamma")]
+    pub lr_gamma: f64,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_amp")]
+    pub amp: Amp,
+    /// auto, cpu, cuda or cuda:N.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Stop each epoch after this many steps (smoke runs).
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    /// Validation batch size (default: the training batch size).
+    #[serde(default)]
+    pub val_batch_size: Option<usize>,
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[serde(default)]
+    pub threads: Option<i32>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_aug_groups")]
+    pub groups: i64,
+    /// Probability that an image of a batch is augmented.
+    #[serde(default = "default_one")]
+    pub probability: f64,
+    /// Images per scoring forward (default: the device's).
+    #[serde(default)]
+    pub max_batch: Option<i64>,
+    /// Score the masked images at this resolution (e.g. 112); the input size when absent.
+    #[serde(default)]
+    pub score_size: Option<i64>,
+    /// image (the mean of each map, the paper) or batch (the official code's mean over the batch).
+    #[serde(default = "default_threshold")]
+    pub threshold: String,
+    /// f32, or f16 (CUDA autocast) for the map's forwards.
+    #[serde(default = "default_precision")]
+    pub precision: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaliencyConfig {
+    /// The first `probe` validation images are explained after every epoch (0: off).
+    #[serde(default = "default_probe")]
+    pub probe: usize,
+    /// Groups of the full Group-CAM used for the probe maps.
+    #[serde(default = "default_probe_groups")]
+    pub groups: i64,
+    /// "Converged" once 1 - mean Pearson r between epochs stays under this ...
+    #[serde(default = "default_sal_threshold")]
+    pub threshold: f64,
+    /// ... for this many consecutive epochs.
+    #[serde(default = "default_patience")]
+    pub patience: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    pub epochs: usize,
+    pub lr: f64,
+    /// StepLR step inside the pre-training (default: no decay).
+    #[serde(default)]
+    pub lr_step: Option<usize>,
+}
+
+fn default_out() -> PathBuf {
+    "runs/groupcam".into()
+}
+fn default_train_dir() -> String {
+    "train".into()
+}
+fn default_val_dir() -> String {
+    "val".into()
+}
+fn default_input_size() -> u32 {
+    224
+}
+fn default_scale() -> [f64; 2] {
+    [0.08, 1.0]
+}
+fn default_ratio() -> [f64; 2] {
+    [3.0 / 4.0, 4.0 / 3.0]
+}
+fn default_flip() -> f64 {
+    0.5
+}
+fn default_workers() -> usize {
+    4
+}
+fn default_prefetch() -> usize {
+    4
+}
+fn default_epochs() -> usize {
+    20
+}
+fn default_batch() -> usize {
+    256
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_momentum() -> f64 {
+    0.9
+}
+fn default_wd() -> f64 {
+    1e-4
+}
+fn default_lr_step() -> usize {
+    15
+}
+fn default_gamma() -> f64 {
+    0.1
+}
+fn default_amp() -> Amp {
+    Amp::Auto
+}
+fn default_device() -> String {
+    "auto".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_aug_groups() -> i64 {
+    16
+}
+fn default_one() -> f64 {
+    1.0
+}
+fn default_threshold() -> String {
+    "image".into()
+}
+fn default_precision() -> String {
+    "f32".into()
+}
+fn default_probe() -> usize {
+    16
+}
+fn default_probe_groups() -> i64 {
+    32
+}
+fn default_sal_threshold() -> f64 {
+    0.02
+}
+fn default_patience() -> usize {
+    2
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("defaults")
+    }
+}
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("defaults")
+    }
+}
+impl Default for SaliencyConfig {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("defaults")
+    }
+}
+
+impl Config {
+    /// Reads a YAML file, applies `key.path=value` overrides (values parsed as YAML), and
+    /// checks types, unknown keys, values and paths.
+    pub fn load(path: &Path, sets: &[String]) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let mut value: serde_yaml::Value =
+            serde_yaml::from_str(&text).with_context(|| format!("{} is not valid YAML", path.display()))?;
+        for s in sets {
+            set(&mut value, s).with_context(|| format!("--set {s}"))?;
+        }
+        Config::from_value(value).with_context(|| format!("config {}", path.display()))
+    }
+
+    pub fn from_value(value: serde_yaml::Value) -> Result<Config> {
+        let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            anyhow::anyhow!("key '{path}': {}", e.into_inner())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Values and paths, checked before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        self.arch.parse::<crate::models::Arch>().context("key 'arch'")?;
+        let t = &self.train;
+        if t.epochs == 0 || t.batch_size == 0 {
+            bail!("key 'train.epochs' and 'train.batch_size' must be positive");
+        }
+        if !(t.lr > 0.0) || !(0.0..1.0).contains(&t.momentum) || t.weight_decay < 0.0 || t.lr_step == 0 {
+            bail!("key 'train': lr must be > 0, momentum in [0, 1), weight_decay >= 0, lr_step >= 1");
+        }
+        if let Some(p) = &self.pretrain {
+            if p.epochs >= t.epochs {
+                bail!("key 'pretrain.epochs' ({}) must be smaller than 'train.epochs' ({})", p.epochs, t.epochs);
+            }
+        }
+        let a = &self.augment;
+        if !(0.0..=1.0).contains(&a.probability) {
+            bail!("key 'augment.probability' must be in [0, 1], got {}", a.probability);
+        }
+        self.augmenter().context("key 'augment'")?;
+        if self.data.val_resize.is_some_and(|r| r < self.data.input_size) {
+            bail!("key 'data.val_resize' must be at least 'data.input_size'");
+        }
+        if let Some(w) = &self.weights {
+            if !w.is_file() {
+                bail!("key 'weights': file {} does not exist", w.display());
+            }
+        }
+        for (key, dir) in [("data.train_dir", &self.data.train_dir), ("data.val_dir", &self.data.val_dir)] {
+            let p = self.data.root.join(dir);
+            if !p.is_dir() {
+                bail!("key '{key}': data folder {} does not exist (key 'data.root' is {})", p.display(), self.data.root.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// The augmentation the config describes.
+    pub fn augmenter(&self) -> Result<crate::augment::GroupCamAugment> {
+        let a = &self.augment;
+        Ok(crate::augment::GroupCamAugment {
+            groups: a.groups,
+            probability: a.probability,
+            max_batch: a.max_batch,
+            score_size: a.score_size,
+            precision: a.precision.parse().context("key 'augment.precision'")?,
+            threshold: a.threshold.parse().context("key 'augment.threshold'")?,
+        })
+    }
+
+    pub fn val_resize(&self) -> u32 {
+        self.data.val_resize.unwrap_or_else(|| crate::imageio::eval_resize(self.data.input_size))
+    }
+}
+
+/// Applies one `a.b.c=value` override.
+fn set(root: &mut serde_yaml::Value, s: &str) -> Result<()> {
+    let (key, raw) = s.split_once('=').context("expected key=value")?;
+    let value: serde_yaml::Value = serde_yaml::from_str(raw).with_context(|| format!("value '{raw}' is not YAML"))?;
+    let mut cur = root;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let map = match cur {
+            serde_yaml::Value::Mapping(m) => m,
+            serde_yaml::Value::Null => {
+                *cur = serde_yaml::Value::Mapping(Default::default());
+                match cur {
+                    serde_yaml::Value::Mapping(m) => m,
+                    _ => unreachable!(),
+                }
+            }
+            _ => bail!("key '{}' is not a mapping", parts[..i].join(".")),
+        };
+        let k = serde_yaml::Value::String(part.to_string());
+        if i == parts.len() - 1 {
+            map.insert(k, value);
+            return Ok(());
+        }
+        cur = map.entry(k).or_insert(serde_yaml::Value::Null);
+    }
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! The fine-tuning loop on tiny synthetic data: configs, the loader, resume after kill -9,
+//! the NaN stop, saliency tracking and weights PyTorch can load.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use groupcam::data::{ImageFolder, Loader, Transform};
+use groupcam::models::{Arch, CamModel, Model, Normalization};
+use groupcam::synth::{self, SynthConfig};
+use groupcam::train::Config;
+use tch::{Device, Tensor};
+
+/// A tiny dataset: 6 classes of 48 px shapes (ResNet-18 maps of 2 x 2).
+fn tiny_data(dir: &Path, train: usize) -> PathBuf {
+    let root = dir.join("data");
+    synth::write(&root, &SynthConfig { size: 48, train_per_class: train, val_per_class: 2, seed: 1 }).unwrap();
+    root
+}
+
+/// A config for a ResNet-18 on `data`: 3 epochs of 2 steps, one of them plain pre-training.
+fn tiny_config(dir: &Path, data: &Path, out: &str) -> PathBuf {
+    let p = dir.join(format!("{out}.yaml"));
+    let text = format!(
+        "arch: resnet18\n\
+         data: {{root: {}, input_size: 48, workers: 2, prefetch: 2}}\n\
+         train: {{epochs: 3, batch_size: 6, lr: 0.01, lr_step: 1, lr_gamma: 0.5, seed: 7, device: cpu, threads: 1}}\n\
+         pretrain: {{epochs: 1, lr: 0.02}}\n\
+         augment: {{groups: 16}}\n\
+         saliency: {{probe: 4, groups: 8}}\n\
+         out: {}\n",
+        data.display(),
+        dir.join(out).display()
+    );
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn finetune(args: &[&str]) -> std::process::Output {
+    bin().arg("finetune").arg("--quiet").args(args).output().unwrap()
+}
+
+fn tensors(path: &Path) -> Vec<(String, Tensor)> {
+    let mut v = Tensor::read_safetensors(path).unwrap();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn config_errors_name_the_key_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_data(dir.path(), 1);
+    let cfg = tiny_config(dir.path(), &data, "run");
+    let err = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        format!("{:#}", Config::load(&cfg, &sets).unwrap_err())
+    };
+    assert!(Config::load(&cfg, &[]).is_ok());
+    let e = err(&["train.lrr=0.1"]);
+    assert!(e.contains("train.lrr") && e.contains("unknown field"), "{e}");
+    let e = err(&["train.epochs=ten"]);
+    assert!(e.contains("train.epochs") && e.contains("invalid type"), "{e}");
+    let e = err(&["data.root=/no/such/dir"]);
+    assert!(e.contains("data.train_dir") && e.contains("/no/such/dir"), "{e}");
+    let e = err(&["weights=/no/such/weights.pth"]);
+    assert!(e.contains("'weights'") && e.contains("/no/such/weights.pth"), "{e}");
+    let e = err(&["augment.threshold=median"]);
+    assert!(e.contains("augment.threshold"), "{e}");
+    // Nothing was created for any of them.
+    assert!(!dir.path().join("run").exists());
+}
+
+#[test]
+fn the_loader_converts_modes_skips_bad_files_and_is_seeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ds");
+    for c in ["a", "b"] {
+        std::fs::create_dir_all(root.join(c)).unwrap();
+    }
+    image::GrayImage::from_pixel(40, 30, image::Luma([100])).save(root.join("a/grey.png")).unwrap();
+    image::RgbaImage::from_pixel(30, 40, image::Rgba([1, 2, 3, 0])).save(root.join("a/alpha.png")).unwrap();
+    py(&["cmyk", "--out", s(&root.join("b/cmyk.jpg"))]);
+    image::RgbImage::from_pixel(50, 50, image::Rgb([200, 10, 10])).save(root.join("b/red.png")).unwrap();
+    std::fs::write(root.join("b/empty.jpg"), b"").unwrap();
+    let good = std::fs::read(photo("coffee.png")).unwrap();
+    std::fs::write(root.join("b/truncated.png"), &good[..2000]).unwrap();
+    std::fs::write(root.join("a/notes.txt"), b"not an image").unwrap();
+
+    let data = ImageFolder::open(&root).unwrap();
+    assert_eq!(data.classes, vec!["a", "b"]);
+    assert_eq!(data.len(), 6, "the .txt is not a sample");
+    let loader = Loader {
+        data,
+        batch_size: 3,
+        shuffle: true,
+        drop_last: true,
+        transform: Transform::Train { size: 24, scale: (0.5, 1.0), ratio: (0.75, 1.33), flip: 0.5 },
+        norm: Normalization::IMAGENET,
+        workers: 3,
+        prefetch: 1,
+        seed: 5,
+    };
+    let batches: Vec<_> = loader.epoch(0, 0).collect();
+    assert_eq!(batches.len(), 2);
+    let skipped: Vec<String> = batches.iter().flat_map(|b| b.skipped.iter().map(|(p, _)| p.display().to_string())).collect();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(skipped.iter().any(|p| p.ends_with("empty.jpg")) && skipped.iter().any(|p| p.ends_with("truncated.png")));
+    let n: i64 = batches.iter().map(|b| b.images.size()[0]).sum();
+    assert_eq!(n, 4);
+    for b in &batches {
+        assert_eq!(&b.images.size()[1..], &[3, 24, 24]);
+    }
+    // The same epoch twice gives the same tensors; another epoch another order.
+    let again: Vec<_> = loader.epoch(0, 0).collect();
+    for (a, b) in batches.iter().zip(&again) {
+        assert_eq!(max_abs_diff(&a.images, &b.images), 0.0);
+    }
+    assert_ne!(loader.batches(0), loader.batches(1));
+}
+
+/// A run killed with SIGKILL after its first checkpoint and resumed ends with the same
+/// weights, bit for bit, as the same run uninterrupted.
+#[test]
+fn kill_9_and_resume_gives_the_same_weights_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_data(dir.path(), 2);
+    let straight = tiny_config(dir.path(), &data, "straight");
+    let out = finetune(&["--config", s(&straight)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let broken = tiny_config(dir.path(), &data, "broken");
+    let run = dir.path().join("broken");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_groupcam"))
+        .args(["finetune", "--quiet", "--config", s(&broken)])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let history = run.join("history.json");
+    let t0 = Instant::now();
+    while !history.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint after 300 s");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!run.join("final.safetensors").exists(), "killed too late to test anything");
+    let ckpt = run.join("checkpoints/last.safetensors");
+    let out = finetune(&["--config", s(&broken), "--resume", s(&ckpt)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resumed from"));
+
+    let (a, b) = (tensors(&dir.path().join("straight/final.safetensors")), tensors(&run.join("final.safetensors")));
+    assert_eq!(a.len(), b.len());
+    for ((ka, ta), (kb, tb)) in a.iter().zip(&b) {
+        assert_eq!(ka, kb);
+        assert!(ta.equal(tb), "tensor {ka} differs after resume");
+    }
+    // The uninterrupted run changed the weights at all, so the comparison means something.
+    let h: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("straight/history.json")).unwrap()).unwrap();
+    assert_eq!(h.as_array().unwrap().len(), 3);
+    assert!(h[2]["augmented_fraction"].as_f64().unwrap() > 0.0, "the fine-tuning epochs augment");
+    assert_eq!(h[0]["augmented_fraction"].as_f64().unwrap(), 0.0, "the pre-training does not");
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_data(dir.path(), 2);
+    let cfg = tiny_config(dir.path(), &data, "nan");
+    // Epoch 1 (pre-training) is sane; the fine-tuning's learning rate makes the weights explode.
+    let out = finetune(&["--config", s(&cfg), "--set", "train.lr=1e30", "--set", "augment.enabled=false"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loss is") && err.contains("last good checkpoint"), "{err}");
+    let ckpt = dir.path().join("nan/checkpoints/last.safetensors");
+    let named = tensors(&ckpt);
+    assert!(named.iter().all(|(_, t)| t.isfinite().all().int64_value(&[]) == 1), "the checkpoint holds non-finite values");
+    assert!(!dir.path().join("nan/final.safetensors").exists());
+}
+
+#[test]
+fn a_run_logs_saliency_and_its_final_weights_load_in_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_data(dir.path(), 2);
+    let cfg = tiny_config(dir.path(), &data, "full");
+    let out = finetune(&["--config", s(&cfg), "--set", "train.epochs=2", "--set", "saliency.threshold=2.0", "--set", "saliency.patience=1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("device: cpu") && stdout.contains("val top-1"), "{stdout}");
+    assert!(stdout.contains("saliency converged at epoch 1"), "{stdout}");
+    let run = dir.path().join("full");
+    for f in ["saliency/epoch-000.png", "saliency/epoch-002.png", "checkpoints/best.safetensors", "report.md", "config.yaml"] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let tb = std::fs::read_dir(run.join("tb")).unwrap().next().unwrap().unwrap().path();
+    let events = std::fs::read(tb).unwrap();
+    for tag in ["val/top1", "train/loss", "saliency/one_minus_pearson", "epoch/augmented_fraction"] {
+        assert!(events.windows(tag.len()).any(|w| w == tag.as_bytes()), "tag {tag} not in the event file");
+    }
+    let h: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("history.json")).unwrap()).unwrap();
+    let change = h[1]["saliency_change"].as_f64().unwrap();
+    assert!((0.0..=2.0).contains(&change));
+
+    // PyTorch loads final.safetensors strictly and computes the same logits.
+    let model = Model::load(Arch::Resnet18, &run.join("final.safetensors"), Device::Cpu).unwrap();
+    let x = Tensor::randn([2, 3, 48, 48], (tch::Kind::Float, Device::Cpu));
+    let input = dir.path().join("x.npy");
+    let logits_path = dir.path().join("logits.npy");
+    x.write_npy(&input).unwrap();
+    py(&["load-final", "--arch", "resnet18", "--classes", "6", "--weights", s(&run.join("final.safetensors")), "--input", s(&input), "--out", s(&logits_path)]);
+    let d = max_abs_diff(&tch::no_grad(|| model.logits_eval(&x)), &npy(&logits_path));
+    assert!(d < 1e-4, "PyTorch's logits differ by {d}");
+
+    let report = bin().args(["report", s(&run), "--control", s(&run)]).output().unwrap();
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(text.contains("control") && text.contains("+0.00 pt"), "{text}");
+}
+
+#[test]
+fn synth_boxes_hold_their_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_data(dir.path(), 3);
+    let coco: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("boxes.json")).unwrap()).unwrap();
+    let images = coco["images"].as_array().unwrap();
+    assert_eq!(images.len(), 6 * 5);
+    for (img, ann) in images.iter().zip(coco["annotations"].as_array().unwrap()) {
+        let photo = image::open(root.join(img["file_name"].as_str().unwrap())).unwrap();
+        assert_eq!((photo.width(), photo.height()), (48, 48));
+        let b: Vec<u32> = ann["bbox"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert!(b[0] + b[2] <= 48 && b[1] + b[3] <= 48 && b[2] >= 5 && b[3] >= 5, "{b:?}");
+        let cat = ann["category_id"].as_u64().unwrap() as usize;
+        let class = img["file_name"].as_str().unwrap().split('/').nth(1).unwrap();
+        assert_eq!(coco["categories"][cat - 1]["name"], class);
+    }
+}
