@@ -32,6 +32,11 @@ for s in ['coffee', 'chelsea']:
     print(s, 'max |cuda - cpu| =', float(abs(a - b).max()), 'peak cuda', divmod(int(a.argmax()), 224), 'cpu', divmod(int(b.argmax()), 224))
 "
 step "$bin" --device cuda bench explain --reps 10
+step "$bin" --device cuda bench train --batch 64
+# The fine-tuning loop on CUDA: fp16 autocast with loss scaling, augmentation, probe maps.
+step "$bin" synth --out "$out/synth"
+step "$bin" finetune --quiet --config configs/demo.yaml --set data.root="$out/synth" --set train.device=cuda --out "$out/run"
+cp "$out/run/report.md" "$out/finetune-report.md"; rm -rf "$out/synth" "$out/run"
 # Further benches register here as they land (augment, methods).
 for b in augment methods; do
   if "$bin" bench --help | grep -q "^  $b"; then step "$bin" --device cuda bench "$b"; fi
