@@ -1,0 +1,221 @@
+//! Insertion/deletion and the pointing game: the AUC formula, the curves' end points, batched
+//! against one-forward-per-step curves, and a map on the object beating its reverse on the
+//! real EfficientNet-Lite0 and the committed photos.
+
+mod common;
+
+use common::*;
+use groupcam::cam::GroupCam;
+use groupcam::cam::gradcam::GradCam;
+use groupcam::eval::insdel::{self, Mode, Preset, auc};
+use groupcam::eval::pointing::{self, Coco, Tally};
+use groupcam::imageio;
+use groupcam::models::{Arch, CamModel, Model};
+use groupcam::ops::Blur;
+use tch::{Device, Kind, Tensor};
+
+fn effnet() -> Model {
+    Model::load(Arch::EfficientNetLite0, &effnet_weights(), Device::Cpu).unwrap()
+}
+
+fn photos(model: &Model) -> Tensor {
+    imageio::load_batch(&[photo("coffee.png"), photo("chelsea.png")], 224, &model.input_norm()).unwrap().0
+}
+
+fn prob(model: &Model, x: &Tensor, class: i64) -> f64 {
+    tch::no_grad(|| model.logits_eval(x).softmax(-1, Kind::Float).double_value(&[0, class]))
+}
+
+#[test]
+fn auc_on_known_curves() {
+    assert_eq!(auc(&[1.0; 5]), 1.0);
+    assert_eq!(auc(&[0.0, 1.0]), 0.5);
+    let ramp: Vec<f64> = (0..113).map(|i| i as f64 / 112.0).collect();
+    assert!((auc(&ramp) - 0.5).abs() < 1e-12);
+    // (1 + 0 + 0 - 1/2 - 0) / 2
+    assert_eq!(auc(&[1.0, 0.0, 0.0]), 0.25);
+    // (0.2 + 0.8 + 0.4 + 0.6 - 0.1 - 0.3) / 3
+    assert!((auc(&[0.2, 0.8, 0.4, 0.6]) - 1.6 / 3.0).abs() < 1e-12);
+}
+
+#[test]
+fn presets_and_points() {
+    assert_eq!(Preset::GROUP_CAM.points(224 * 224), 113);
+    assert_eq!(Preset::RISE.points(224 * 224), 225);
+    assert_eq!(Preset::GROUP_CAM.blur, Blur::GROUP_CAM);
+    assert_eq!(Preset::RISE.blur, Blur::RISE);
+    assert_eq!("rise".parse::<Preset>().unwrap(), Preset::RISE);
+    let e = "lime".parse::<Preset>().unwrap_err();
+    assert!(format!("{e}").contains("unknown preset 'lime'"));
+}
+
+#[test]
+fn order_is_descending_and_stable() {
+    let m = Tensor::from_slice(&[0.5f32, 1.0, 0.5, 0.0, 1.0, 0.5]).view([2, 3]);
+    let o = Vec::<i64>::try_from(insdel::order(&m)).unwrap();
+    assert_eq!(o, [1, 4, 0, 2, 5, 3]);
+    // Many ties: a constant map keeps index order.
+    let o = Vec::<i64>::try_from(insdel::order(&Tensor::zeros([40, 40], (Kind::Float, Device::Cpu)))).unwrap();
+    assert_eq!(o, (0..1600).collect::<Vec<i64>>());
+}
+
+#[test]
+fn curve_end_points() {
+    let model = effnet();
+    let x = photos(&model);
+    let maps = GradCam.explain(&model, &x, None).unwrap().maps;
+    let classes = insdel::argmax_classes(&model, &x).unwrap();
+    let p = Preset::GROUP_CAM;
+    let ins = insdel::curves(&model, &x, &maps, None, Mode::Insertion, &p, None).unwrap();
+    let del = insdel::curves(&model, &x, &maps, None, Mode::Deletion, &p, None).unwrap();
+    for i in 0..2 {
+        let (xi, c) = (x.narrow(0, i, 1), classes[i as usize]);
+        let (ins, del) = (&ins[i as usize], &del[i as usize]);
+        assert_eq!((ins.len(), del.len()), (113, 113));
+        let clean = prob(&model, &xi, c);
+        let blurred = prob(&model, &Blur::GROUP_CAM.apply(&xi).unwrap(), c);
+        let zero = prob(&model, &xi.zeros_like(), c);
+        eprintln!("image {i}: clean {clean:.4} blurred {blurred:.4} zero {zero:.4}");
+        assert!(clean > blurred + 0.1 && clean > zero + 0.1, "end points would not tell the curves apart");
+        assert!((ins[0] - blurred).abs() < 1e-5, "insertion starts at {} not {blurred}", ins[0]);
+        assert!((ins[112] - clean).abs() < 1e-5, "insertion ends at {} not {clean}", ins[112]);
+        assert!((del[0] - clean).abs() < 1e-5, "deletion starts at {} not {clean}", del[0]);
+        assert!((del[112] - zero).abs() < 1e-5, "deletion ends at {} not {zero}", del[112]);
+    }
+}
+
+#[test]
+fn batched_curves_equal_one_step_at_a_time() {
+    let model = effnet();
+    let x = photos(&model);
+    let maps = GradCam.explain(&model, &x, None).unwrap().maps;
+    let classes = insdel::argmax_classes(&model, &x).unwrap();
+    for preset in [Preset::GROUP_CAM, Preset::RISE] {
+        for mode in [Mode::Insertion, Mode::Deletion] {
+            // A chunk of 7 does not divide the 226 or 450 inputs: chunk edges are crossed.
+            let batched = insdel::curves(&model, &x, &maps, Some(&classes), mode, &preset, Some(7)).unwrap();
+            for i in 0..2usize {
+                let xi = x.narrow(0, i as i64, 1);
+                let one = insdel::curve_stepwise(&model, &xi, &maps.get(i as i64), classes[i], mode, &preset).unwrap();
+                assert_eq!(one.len(), batched[i].len());
+                let d = one.iter().zip(&batched[i]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                eprintln!("{} {} image {i}: max|d| {d:.2e}, AUC {:.4}", preset.name, mode.name(), auc(&one));
+                assert!(d < 1e-5, "{} {}: batched and stepwise curves differ by {d}", preset.name, mode.name());
+                // Not trivially equal: the curve moves.
+                let span = one.iter().cloned().fold(f64::MIN, f64::max) - one.iter().cloned().fold(f64::MAX, f64::min);
+                assert!(span > 0.1);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_map_on_the_object_beats_its_reverse() {
+    let model = effnet();
+    let x = photos(&model);
+    let maps = GroupCam::default().explain(&model, &x, None).unwrap().maps;
+    let reversed = 1.0 - &maps;
+    let p = Preset::GROUP_CAM;
+    let run = |m: &Tensor, mode| insdel::curves(&model, &x, m, None, mode, &p, None).unwrap();
+    let (ins, ins_r) = (run(&maps, Mode::Insertion), run(&reversed, Mode::Insertion));
+    let (del, del_r) = (run(&maps, Mode::Deletion), run(&reversed, Mode::Deletion));
+    let mut overall = (0.0, 0.0);
+    for i in 0..2 {
+        let (a, ar, d, dr) = (auc(&ins[i]), auc(&ins_r[i]), auc(&del[i]), auc(&del_r[i]));
+        eprintln!("image {i}: insertion {a:.4} vs reversed {ar:.4}; deletion {d:.4} vs reversed {dr:.4}");
+        assert!(a > ar, "image {i}: insertion {a} does not beat the reversed map's {ar}");
+        assert!(d < dr, "image {i}: deletion {d} does not beat the reversed map's {dr}");
+        overall.0 += a - d;
+        overall.1 += ar - dr;
+    }
+    // And by a clear margin on the mean over-all score (insertion - deletion).
+    assert!(overall.0 / 2.0 > overall.1 / 2.0 + 0.2, "over-all {} vs reversed {}", overall.0 / 2.0, overall.1 / 2.0);
+}
+
+#[test]
+fn bad_maps_are_named() {
+    let model = effnet();
+    let x = Tensor::zeros([1, 3, 64, 64], (Kind::Float, Device::Cpu));
+    let bad = Tensor::zeros([1, 32, 32], (Kind::Float, Device::Cpu));
+    let e = insdel::curves(&model, &x, &bad, Some(&[1]), Mode::Deletion, &Preset::RISE, None).unwrap_err();
+    assert!(format!("{e}").contains("saliency maps of shape [1, 32, 32]"), "{e}");
+    let nan = Tensor::full([1, 64, 64], f64::NAN, (Kind::Float, Device::Cpu));
+    let e = insdel::curves(&model, &x, &nan, Some(&[1]), Mode::Deletion, &Preset::RISE, None).unwrap_err();
+    assert!(format!("{e}").contains("NaN"), "{e}");
+}
+
+fn synthetic_coco() -> Coco {
+    serde_json::from_value(serde_json::json!({
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 200, "height": 100},
+            {"id": 2, "file_name": "b.png", "width": 200, "height": 100}
+        ],
+        "annotations": [
+            {"image_id": 1, "category_id": 3, "bbox": [10, 20, 30, 40]},
+            {"image_id": 1, "category_id": 7, "bbox": [120, 5, 50, 50]},
+            {"image_id": 2, "category_id": 3, "bbox": [150, 60, 20, 30]},
+            {"image_id": 2, "category_id": 3, "bbox": [0, 0, 10, 10]}
+        ],
+        "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
+    }))
+    .unwrap()
+}
+
+fn box_map(h: i64, w: i64, boxes: &[[f64; 4]]) -> Tensor {
+    let m = Tensor::zeros([h, w], (Kind::Float, Device::Cpu));
+    for b in boxes {
+        let _ = m.narrow(0, b[1] as i64, b[3] as i64).narrow(1, b[0] as i64, b[2] as i64).fill_(1.0);
+    }
+    m
+}
+
+#[test]
+fn pointing_game_scores_box_maps_at_100_percent() {
+    let coco = synthetic_coco();
+    let (mut good, mut bad) = (Tally::default(), Tally::default());
+    for im in &coco.images {
+        for (cat, boxes) in coco.boxes_of(im.id) {
+            let m = box_map(im.height as i64, im.width as i64, &boxes);
+            good.add(cat, pointing::hit(pointing::peak(&m).unwrap(), &boxes, pointing::TOLERANCE));
+            // The reversed map peaks outside every box of the class (far from them here).
+            let r = 1.0 - &m;
+            bad.add(cat, pointing::hit(pointing::peak(&r).unwrap(), &boxes, pointing::TOLERANCE));
+        }
+    }
+    assert_eq!(good.per_category.values().map(|v| v.1).sum::<u64>(), 3);
+    assert_eq!(good.mean_accuracy(), Some(1.0));
+    assert!(bad.mean_accuracy().unwrap() < 1.0);
+}
+
+#[test]
+fn pointing_tolerance_is_15_pixels() {
+    let b = [[100.0, 100.0, 10.0, 10.0]];
+    assert!(pointing::hit((105.0, 105.0), &b, 15.0));
+    assert!(pointing::hit((125.0, 105.0), &b, 15.0));
+    assert!(!pointing::hit((125.5, 105.0), &b, 15.0));
+    assert!(pointing::hit((120.0, 120.0), &b, 15.0)); // 10*sqrt(2) < 15
+    assert!(!pointing::hit((122.0, 122.0), &b, 15.0)); // 12*sqrt(2) > 15
+    let mut t = Tally::default();
+    t.add(1, true);
+    t.add(1, false);
+    t.add(2, true);
+    assert_eq!(t.mean_accuracy(), Some(0.75)); // mean over categories, not over trials (2/3)
+}
+
+#[test]
+fn bad_boxes_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("boxes.json");
+    std::fs::write(&p, r#"{"images": [], "annotations": []}"#).unwrap();
+    let e = format!("{:#}", Coco::load(&p).unwrap_err());
+    assert!(e.contains("boxes.json") && e.contains("categories"), "{e}");
+    std::fs::write(
+        &p,
+        r#"{"images": [{"id": 1, "file_name": "a.png", "width": 9, "height": 9}],
+            "annotations": [{"image_id": 1, "category_id": 5, "bbox": [0, 0, 1, 1]}],
+            "categories": [{"id": 3, "name": "cat"}]}"#,
+    )
+    .unwrap();
+    let e = format!("{:#}", Coco::load(&p).unwrap_err());
+    assert!(e.contains("annotations[0]") && e.contains("category_id 5"), "{e}");
+}
