@@ -38,7 +38,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::cam::{ChannelWeights, GroupCam, Variant, default_chunk};
 use crate::models::CamModel;
-use crate::ops::{self, Blur};
+use crate::ops::Blur;
 
 /// The precision of the map's forwards (the output is always composed in the input's kind).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,24 +251,11 @@ impl GroupCamAugment {
         labels: &[i64],
     ) -> Result<(Tensor, Tensor)> {
         let (_, _, h, w) = x.size4()?;
-        let (sh, sw) = self.score_dims(h, w);
-        let run = || {
-            if (sh, sw) == (h, w) {
-                cam.explain_against(model, x, blurred, Some(labels))
-            } else {
-                // Bilinear with align_corners=false: at a factor of 2 (224 -> 112) each pixel is
-                // the mean of a 2 x 2 block. The baseline is the full-size blur resized with the
-                // image, so the one blur serves both the scoring and the output.
-                cam.explain_against(model, &ops::upsample(x, sh, sw), &ops::upsample(blurred, sh, sw), Some(labels))
-            }
-        };
+        let run = || cam.explain_against(model, x, blurred, Some(labels), self.score_dims(h, w));
         let exp = match self.precision {
             Precision::F32 => run()?,
             Precision::F16Autocast => tch::autocast(true, run)?,
         };
-        let maps = exp.maps.unsqueeze(1);
-        let maps = if (sh, sw) == (h, w) { maps } else { ops::upsample(&maps, h, w) };
-        let constant = Tensor::from_slice(&exp.constant).to_device(x.device());
-        Ok((maps, constant))
+        Ok((exp.maps.unsqueeze(1), Tensor::from_slice(&exp.constant).to_device(x.device())))
     }
 }

@@ -70,21 +70,27 @@ impl GroupCam {
     pub fn explain(&self, model: &dyn CamModel, x: &Tensor, classes: Option<&[i64]>) -> Result<Explanation> {
         let (_, _, h, w) = x.size4()?;
         self.blur.check(h, w)?;
-        self.explain_against(model, x, &self.blur.apply(x)?, classes)
+        self.explain_against(model, x, &self.blur.apply(x)?, classes, (h, w))
     }
 
-    /// `explain` with the baseline `blurred` (blur(x), or its resize with x) given: the
-    /// augmentation composes its output from the same blurred batch, so the crate blurs once.
+    /// `explain` with the baseline `blurred` = blur(x) given (the augmentation composes its
+    /// output from the same blurred batch, so the crate blurs once), scoring the masked inputs
+    /// resized to `score_hw`. The masks and the map keep the activations' geometry at full
+    /// size; only the weights alpha_l come from the smaller forwards, which are most of the cost.
     pub fn explain_against(
         &self,
         model: &dyn CamModel,
         x: &Tensor,
         blurred: &Tensor,
         classes: Option<&[i64]>,
+        score_hw: (i64, i64),
     ) -> Result<Explanation> {
         let (n, _, h, w) = x.size4()?;
         if blurred.size() != x.size() {
             bail!("baseline of shape {:?} for images of shape {:?}", blurred.size(), x.size());
+        }
+        if score_hw.0 < 1 || score_hw.1 < 1 {
+            bail!("scoring size {score_hw:?} has no pixels");
         }
         let k = model.target_channels();
         if self.groups < 1 || self.groups > k {
@@ -102,7 +108,12 @@ impl GroupCam {
         };
         let masks = self.group_masks(&act.a, &weights);
         let groups = masks.size()[1];
-        let probs = self.score(model, x, blurred, &masks, &act.classes);
+        let probs = if score_hw == (h, w) {
+            self.score(model, x, blurred, &masks, &act.classes)
+        } else {
+            let resize = |t: &Tensor| ops::upsample(t, score_hw.0, score_hw.1);
+            self.score(model, &resize(x), &resize(blurred), &masks, &act.classes)
+        };
         let base = probs.narrow(1, 0, 1);
         // A constant group is no mask at all: weight 0 whatever its forward returned.
         let flat = masks.flatten(2, 3);

@@ -1,0 +1,328 @@
+//! The augmentation does what issue 3 specifies: Eq. 5 with S = [map >= mean(map)] for the
+//! label's backprop-free Group-CAM map, batched, without side effects on the model.
+
+mod common;
+
+use std::cell::RefCell;
+
+use common::*;
+use groupcam::augment::{Augmented, GroupCamAugment, Outcome, Precision, Threshold};
+use groupcam::cam::{ChannelWeights, GroupCam};
+use groupcam::imageio;
+use groupcam::models::{Arch, CamModel, Model, Normalization};
+use groupcam::ops::Blur;
+use tch::{Device, Kind, Tensor, nn::OptimizerConfig};
+
+const ESPRESSO: i64 = 967;
+const EGYPTIAN_CAT: i64 = 285;
+
+fn effnet() -> Model {
+    Model::load(Arch::EfficientNetLite0, &effnet_weights(), Device::Cpu).unwrap()
+}
+
+fn photos(model: &Model, names: &[&str]) -> Tensor {
+    let paths: Vec<_> = names.iter().map(|n| photo(n)).collect();
+    imageio::load_batch(&paths, 224, &model.input_norm()).unwrap().0
+}
+
+fn labels(l: &[i64]) -> Tensor {
+    Tensor::from_slice(l)
+}
+
+fn same(a: &Tensor, b: &Tensor) -> bool {
+    a.size() == b.size() && a.eq_tensor(b).all().int64_value(&[]) == 1
+}
+
+fn fraction_differing(a: &Tensor, b: &Tensor) -> f64 {
+    a.ne_tensor(b).to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
+}
+
+/// Kept pixels are the input bit for bit, the others the blur bit for bit.
+fn assert_eq5(x: &Tensor, out: &Augmented) {
+    let blurred = Blur::GROUP_CAM.apply(x).unwrap();
+    let s = &out.masks;
+    assert_eq!(s.size(), [x.size()[0], 1, x.size()[2], x.size()[3]]);
+    let binary = s.eq(0.0).logical_or(&s.eq(1.0)).all().int64_value(&[]);
+    assert_eq!(binary, 1, "the mask is not binary");
+    let keep = s.gt(0.5).expand_as(x);
+    assert!(same(&out.images.masked_select(&keep), &x.masked_select(&keep)), "a kept pixel differs from the input");
+    let drop = keep.logical_not();
+    assert!(
+        same(&out.images.masked_select(&drop), &blurred.masked_select(&drop)),
+        "a dropped pixel differs from the blur"
+    );
+}
+
+#[test]
+fn salient_pixels_are_the_input_and_the_rest_the_blur() {
+    let model = effnet();
+    let x = photos(&model, &["coffee.png", "chelsea.png"]);
+    let y = [ESPRESSO, EGYPTIAN_CAT];
+    let out = GroupCamAugment::default().augment(&model, &x, &labels(&y)).unwrap();
+    assert_eq5(&x, &out);
+    // S is the explainer's map for the label (official, w = 1, G = 16, no de-noise) at its mean.
+    let cam = GroupCam { groups: 16, weights: ChannelWeights::Ones, ..Default::default() };
+    let maps = cam.explain(&model, &x, Some(&y)).unwrap().maps;
+    let want = maps.ge_tensor(&maps.mean_dim([1i64, 2].as_slice(), true, Kind::Float)).to_kind(Kind::Float);
+    assert!(same(&out.masks.squeeze_dim(1), &want), "the mask is not [map >= mean(map)]");
+    for (i, o) in out.stats.outcomes.iter().enumerate() {
+        match o {
+            Outcome::Augmented { kept } => assert!((0.05..0.95).contains(kept), "image {i} keeps {kept} of its pixels"),
+            _ => panic!("image {i} was not augmented: {o:?}"),
+        }
+    }
+    assert_eq!(out.stats.augmented(), 2);
+    assert_eq!(out.images.kind(), x.kind());
+}
+
+#[test]
+fn a_batch_equals_its_images_one_by_one() {
+    let model = effnet();
+    let x = photos(&model, &["coffee.png", "chelsea.png"]);
+    let y = [ESPRESSO, EGYPTIAN_CAT];
+    // 5 images per scoring forward: the 2 x 17 scoring inputs straddle the image boundary.
+    let aug = GroupCamAugment { max_batch: Some(5), ..Default::default() };
+    let both = aug.augment(&model, &x, &labels(&y)).unwrap();
+    for i in 0..2 {
+        let one = aug.augment(&model, &x.narrow(0, i, 1), &labels(&y[i as usize..=i as usize])).unwrap();
+        // Forwards of 5 and of 1 image may round differently; a pixel at the threshold may flip.
+        let d = fraction_differing(&both.masks.get(i), &one.masks.get(0));
+        assert!(d <= 1e-3, "image {i}: {d} of the mask differs from the single image's");
+        let agree = both.masks.get(i).eq_tensor(&one.masks.get(0)).expand([3, 224, 224], false);
+        assert!(same(&both.images.get(i).masked_select(&agree), &one.images.get(0).masked_select(&agree)));
+        assert_eq!(both.stats.outcomes[i as usize], one.stats.outcomes[0]);
+    }
+}
+
+#[test]
+fn two_labels_give_different_masks_on_the_cat() {
+    let model = effnet();
+    let cat = photos(&model, &["chelsea.png"]);
+    let x = Tensor::cat(&[&cat, &cat], 0);
+    let out = GroupCamAugment::default().augment(&model, &x, &labels(&[EGYPTIAN_CAT, ESPRESSO])).unwrap();
+    let d = fraction_differing(&out.masks.get(0), &out.masks.get(1));
+    eprintln!("cat vs espresso: {d:.3} of the mask differs");
+    assert!(d > 0.03, "the masks of two labels differ in only {d} of the pixels");
+}
+
+#[test]
+fn lower_score_resolution_keeps_the_mask() {
+    let model = effnet();
+    let x = photos(&model, &["coffee.png", "chelsea.png"]);
+    let y = labels(&[ESPRESSO, EGYPTIAN_CAT]);
+    let full = GroupCamAugment::default().augment(&model, &x, &y).unwrap();
+    let low = GroupCamAugment { score_size: Some(112), ..Default::default() }.augment(&model, &x, &y).unwrap();
+    assert_eq5(&x, &low);
+    let d = fraction_differing(&full.masks, &low.masks);
+    eprintln!("112 vs 224: {d:.3} of the mask differs");
+    assert!(d < 0.2, "scoring at 112 changes {d} of the mask");
+    assert_eq!(GroupCamAugment { score_size: Some(112), ..Default::default() }.score_dims(224, 300), (112, 150));
+}
+
+/// EfficientNet-Lite0 in training mode with gradients set by one SGD step's backward.
+fn trained_effnet() -> (Model, Tensor, Tensor) {
+    let model = effnet();
+    let x = photos(&model, &["coffee.png", "chelsea.png"]);
+    let y = labels(&[ESPRESSO, EGYPTIAN_CAT]);
+    model.set_training(true);
+    let mut opt = tch::nn::Sgd { momentum: 0.9, ..Default::default() }.build(&model.vs, 0.1).unwrap();
+    let loss = model.forward(&x).cross_entropy_for_logits(&y);
+    opt.zero_grad();
+    loss.backward();
+    (model, x, y)
+}
+
+fn snapshot(model: &Model) -> Vec<(String, Tensor, Option<Tensor>)> {
+    let mut v: Vec<_> = model
+        .vs
+        .variables()
+        .into_iter()
+        .map(|(name, t)| {
+            let g = t.grad();
+            let grad = g.defined().then(|| g.copy());
+            (name, t.copy(), grad)
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn mode_parameters_buffers_and_gradients_are_left_as_found() {
+    let (model, x, y) = trained_effnet();
+    let before = snapshot(&model);
+    assert!(before.iter().any(|(_, _, g)| g.is_some()), "the set-up left no gradient to compare");
+    let in_train = GroupCamAugment::default().augment(&model, &x, &y).unwrap();
+    assert!(model.training(), "the model left training mode");
+    let after = snapshot(&model);
+    assert_eq!(before.len(), after.len());
+    for ((name, v0, g0), (_, v1, g1)) in before.iter().zip(&after) {
+        assert!(same(v0, v1), "{name} changed (BatchNorm statistics are variables too)");
+        match (g0, g1) {
+            (Some(a), Some(b)) => assert!(same(a, b), "the gradient of {name} changed"),
+            (None, None) => {}
+            _ => panic!("the gradient of {name} appeared or vanished"),
+        }
+    }
+    // BatchNorm runs in eval mode whatever the model's mode.
+    model.set_training(false);
+    let in_eval = GroupCamAugment::default().augment(&model, &x, &y).unwrap();
+    assert!(!model.training());
+    assert!(same(&in_train.images, &in_eval.images) && same(&in_train.masks, &in_eval.masks));
+    assert_eq!(in_train.stats.augmented(), 2);
+}
+
+#[test]
+fn no_graph_is_built() {
+    let (model, x, y) = trained_effnet();
+    let x = x.set_requires_grad(true);
+    let out = tch::with_grad(|| GroupCamAugment::default().augment(&model, &x, &y)).unwrap();
+    assert!(!out.images.requires_grad() && !out.masks.requires_grad(), "the output is part of a graph");
+    assert!(!x.grad().defined(), "something reached the input's gradient");
+}
+
+/// EfficientNet-Lite0 whose target layer is NaN for images filled with 1000 and constant for
+/// images filled with -1000 (the blur and every masked input of such an image keep the
+/// marker), and which records the size of every batch it sees.
+struct Marked {
+    inner: Model,
+    batches: RefCell<Vec<i64>>,
+}
+
+impl Marked {
+    fn new() -> Marked {
+        Marked { inner: effnet(), batches: RefCell::new(Vec::new()) }
+    }
+}
+
+impl CamModel for Marked {
+    fn features_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.batches.borrow_mut().push(x.size()[0]);
+        let a = self.inner.features_t(x, train);
+        let mean = x.mean_dim([1i64, 2, 3].as_slice(), true, Kind::Float);
+        let a = a.where_self(&mean.lt(500.0), &a.full_like(f64::NAN));
+        a.where_self(&mean.gt(-500.0), &a.ones_like())
+    }
+    fn head_t(&self, a: &Tensor, train: bool) -> Tensor {
+        self.inner.head_t(a, train)
+    }
+    fn training(&self) -> bool {
+        self.inner.training()
+    }
+    fn set_training(&self, on: bool) {
+        self.inner.set_training(on)
+    }
+    fn input_norm(&self) -> Normalization {
+        self.inner.input_norm()
+    }
+    fn num_classes(&self) -> i64 {
+        self.inner.num_classes()
+    }
+    fn target_channels(&self) -> i64 {
+        self.inner.target_channels()
+    }
+    fn device(&self) -> Device {
+        self.inner.device()
+    }
+}
+
+#[test]
+fn constant_and_nan_maps_give_the_identity_never_nan() {
+    let model = Marked::new();
+    let real = photos(&model.inner, &["coffee.png", "chelsea.png"]);
+    let nan = real.get(0).full_like(1000.0).unsqueeze(0);
+    let flat = real.get(0).full_like(-1000.0).unsqueeze(0);
+    let x = Tensor::cat(&[&real.narrow(0, 0, 1), &nan, &flat, &real.narrow(0, 1, 1)], 0);
+    let y = labels(&[ESPRESSO, ESPRESSO, ESPRESSO, EGYPTIAN_CAT]);
+    for threshold in [Threshold::ImageMean, Threshold::BatchMean] {
+        let out = GroupCamAugment { threshold, ..Default::default() }.augment(&model, &x, &y).unwrap();
+        assert_eq!(out.images.isnan().any().int64_value(&[]), 0, "{threshold:?}: NaN in the output");
+        assert_eq!(out.stats.constant(), 2, "{threshold:?}: {:?}", out.stats.outcomes);
+        assert_eq!(out.stats.augmented(), 2);
+        for i in [1, 2] {
+            assert_eq!(out.stats.outcomes[i as usize], Outcome::Constant);
+            assert!(same(&out.images.get(i), &x.get(i)), "{threshold:?}: image {i} did not pass through");
+            assert_eq!(out.masks.get(i).min().double_value(&[]), 1.0);
+        }
+        // The marked images change nothing for the others, the batch mean included.
+        let alone = GroupCamAugment { threshold, ..Default::default() }
+            .augment(&model.inner, &real, &labels(&[ESPRESSO, EGYPTIAN_CAT]))
+            .unwrap();
+        let ours = Tensor::cat(&[out.masks.narrow(0, 0, 1), out.masks.narrow(0, 3, 1)], 0);
+        assert!(
+            fraction_differing(&ours, &alone.masks) <= 1e-3,
+            "{threshold:?}: the marked images moved the others' masks"
+        );
+    }
+}
+
+#[test]
+fn the_batch_mean_is_one_threshold_for_all_maps() {
+    let model = effnet();
+    let x = photos(&model, &["coffee.png", "chelsea.png"]);
+    let y = [ESPRESSO, EGYPTIAN_CAT];
+    let out = GroupCamAugment { threshold: Threshold::BatchMean, ..Default::default() }
+        .augment(&model, &x, &labels(&y))
+        .unwrap();
+    assert_eq5(&x, &out);
+    let cam = GroupCam { groups: 16, weights: ChannelWeights::Ones, ..Default::default() };
+    let maps = cam.explain(&model, &x, Some(&y)).unwrap().maps;
+    let want = maps.ge_tensor(&maps.mean(Kind::Float)).to_kind(Kind::Float);
+    assert!(fraction_differing(&out.masks.squeeze_dim(1), &want) <= 1e-4);
+}
+
+#[test]
+fn one_forward_for_the_activations_then_chunks_of_at_most_max_batch() {
+    let model = Marked::new();
+    let x = photos(&model.inner, &["coffee.png", "chelsea.png"]);
+    let aug = GroupCamAugment { max_batch: Some(5), ..Default::default() };
+    aug.augment(&model, &x, &labels(&[ESPRESSO, EGYPTIAN_CAT])).unwrap();
+    let b = model.batches.borrow().clone();
+    assert_eq!(b[0], 2, "the activations take one forward of the batch: {b:?}");
+    assert!(b[1..].iter().all(|&n| n <= 5), "a scoring forward exceeds max_batch: {b:?}");
+    assert_eq!(b[1..].iter().sum::<i64>(), 2 * 17, "2 baselines and 2 x 16 masked inputs: {b:?}");
+    assert_eq!(b.len(), 1 + 7, "34 scoring inputs in forwards of 5: {b:?}");
+}
+
+#[test]
+fn apply_probability_skips_images_without_scoring_them() {
+    let model = Marked::new();
+    let x = photos(&model.inner, &["coffee.png", "chelsea.png", "coffee.png", "chelsea.png"]);
+    let y = labels(&[ESPRESSO, EGYPTIAN_CAT, ESPRESSO, EGYPTIAN_CAT]);
+    let none = GroupCamAugment { probability: 0.0, ..Default::default() }.augment(&model, &x, &y).unwrap();
+    assert!(same(&none.images, &x) && none.stats.skipped() == 4);
+    assert!(model.batches.borrow().is_empty(), "skipped images were scored");
+    let half = GroupCamAugment { probability: 0.5, max_batch: Some(64), ..Default::default() };
+    tch::manual_seed(4);
+    let a = half.augment(&model, &x, &y).unwrap();
+    tch::manual_seed(4);
+    let b = half.augment(&model, &x, &y).unwrap();
+    assert!(same(&a.images, &b.images) && a.stats == b.stats, "the same seed drew differently");
+    let n = a.stats.augmented() as i64;
+    assert!(n > 0 && n < 4, "seed 4 should draw some but not all of 4 images: {:?}", a.stats.outcomes);
+    // Only the drawn images were scored: one forward for them, one for their 17 inputs each.
+    assert_eq!(model.batches.borrow()[..2], [n, n * 17]);
+    for (i, o) in a.stats.outcomes.iter().enumerate() {
+        if *o == Outcome::Skipped {
+            assert!(same(&a.images.get(i as i64), &x.get(i as i64)));
+        }
+    }
+}
+
+#[test]
+fn bad_settings_and_labels_are_errors() {
+    let model = effnet();
+    let x = photos(&model, &["coffee.png"]);
+    let err = |aug: GroupCamAugment, y: &Tensor| aug.augment(&model, &x, y).unwrap_err().to_string();
+    let y = labels(&[ESPRESSO]);
+    assert!(err(GroupCamAugment::default(), &labels(&[1, 2])).contains("1 integers"));
+    assert!(err(GroupCamAugment::default(), &labels(&[1000])).contains("label 1000 is out of range"));
+    assert!(err(GroupCamAugment::default(), &Tensor::from_slice(&[1.0f32])).contains("integers"));
+    assert!(err(GroupCamAugment { probability: 1.5, ..Default::default() }, &y).contains("probability"));
+    assert!(err(GroupCamAugment { max_batch: Some(0), ..Default::default() }, &y).contains("max_batch"));
+    assert!(err(GroupCamAugment { groups: 2000, ..Default::default() }, &y).contains("1280 channels"));
+    assert!(err(GroupCamAugment { precision: Precision::F16Autocast, ..Default::default() }, &y).contains("CUDA"));
+    let small = x.narrow(2, 0, 20).narrow(3, 0, 20);
+    let e = GroupCamAugment::default().augment(&model, &small, &y).unwrap_err().to_string();
+    assert!(e.contains("too small for the blur"), "{e}");
+}
