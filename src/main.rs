@@ -11,6 +11,7 @@ use groupcam::cam::{GroupCam, Variant};
 use groupcam::models::{Arch, CamModel, Model};
 use groupcam::{imageio, predict};
 
+mod cli_augment;
 mod cli_train;
 
 #[derive(Parser)]
@@ -31,6 +32,8 @@ enum Command {
     Predict(PredictArgs),
     /// Group-CAM saliency maps: an overlay PNG and the raw map (.npy) per image.
     Explain(ExplainArgs),
+    /// The Group-CAM augmentation of images for their labels: augmented images and masks as PNGs.
+    Augment(cli_augment::AugmentArgs),
     /// Fine-tune a classifier with the Group-CAM augmentation (paper Sec. 5) from a YAML config.
     Finetune(cli_train::FinetuneArgs),
     /// Make a small labelled ImageFolder dataset of shapes with COCO boxes.
@@ -101,6 +104,8 @@ struct ExplainArgs {
 enum BenchCommand {
     /// Explain time against its own parts (one forward+backward, one (G+1)-image scoring forward).
     Explain(BenchExplainArgs),
+    /// An augmented training step against a plain one, faithful and fast settings.
+    Augment(cli_augment::BenchAugmentArgs),
     /// The loader's images/s per worker and the trainer's step against a bare step.
     Train(cli_train::BenchTrainArgs),
 }
@@ -134,12 +139,14 @@ fn run(cli: Cli) -> Result<()> {
     let device = parse_device(&cli.device)?;
     match cli.command {
         Command::Doctor => doctor(),
+        Command::Augment(a) => cli_augment::augment(a, device),
         Command::Finetune(a) => cli_train::finetune(a),
         Command::Synth(a) => cli_train::synth(a),
         Command::Report(a) => cli_train::report(a),
         Command::Predict(a) => predict_cmd(a, device),
         Command::Explain(a) => explain_cmd(a, device),
         Command::Bench(BenchCommand::Explain(a)) => bench_explain(a, device),
+        Command::Bench(BenchCommand::Augment(a)) => cli_augment::bench(a, device),
         Command::Bench(BenchCommand::Train(a)) => cli_train::bench_train(a, device),
     }
 }
