@@ -11,6 +11,7 @@ use groupcam::cam::{GroupCam, Variant};
 use groupcam::models::{Arch, CamModel, Model};
 use groupcam::{imageio, predict};
 
+mod cli_eval;
 mod cli_augment;
 mod cli_train;
 
@@ -32,6 +33,8 @@ enum Command {
     Predict(PredictArgs),
     /// Group-CAM saliency maps: an overlay PNG and the raw map (.npy) per image.
     Explain(ExplainArgs),
+    /// Insertion/deletion and pointing game of saliency methods (paper Sec. 4).
+    Eval(cli_eval::EvalArgs),
     /// The Group-CAM augmentation of images for their labels: augmented images and masks as PNGs.
     Augment(cli_augment::AugmentArgs),
     /// Fine-tune a classifier with the Group-CAM augmentation (paper Sec. 5) from a YAML config.
@@ -108,6 +111,10 @@ enum BenchCommand {
     Augment(cli_augment::BenchAugmentArgs),
     /// The loader's images/s per worker and the trainer's step against a bare step.
     Train(cli_train::BenchTrainArgs),
+    /// Time per image of each saliency method on the same model and threads.
+    Methods(cli_eval::BenchMethodsArgs),
+    /// Batched insertion/deletion curves against one forward per step.
+    Insdel(cli_eval::BenchInsdelArgs),
 }
 
 #[derive(Args)]
@@ -145,9 +152,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Report(a) => cli_train::report(a),
         Command::Predict(a) => predict_cmd(a, device),
         Command::Explain(a) => explain_cmd(a, device),
+        Command::Eval(a) => cli_eval::eval(a, device),
         Command::Bench(BenchCommand::Explain(a)) => bench_explain(a, device),
         Command::Bench(BenchCommand::Augment(a)) => cli_augment::bench(a, device),
         Command::Bench(BenchCommand::Train(a)) => cli_train::bench_train(a, device),
+        Command::Bench(BenchCommand::Methods(a)) => cli_eval::bench_methods(a, device),
+        Command::Bench(BenchCommand::Insdel(a)) => cli_eval::bench_insdel(a, device),
     }
 }
 

@@ -219,3 +219,123 @@ fn bad_boxes_files_are_named() {
     let e = format!("{:#}", Coco::load(&p).unwrap_err());
     assert!(e.contains("annotations[0]") && e.contains("category_id 5"), "{e}");
 }
+
+fn eval_cmd(dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let w = effnet_weights();
+    bin()
+        .args(["--device", "cpu", "eval", "--arch", "efficientnet-lite0", "--weights", s(&w)])
+        .args(["--json", s(&dir.join("out.json"))])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_eval_writes_curves_table_and_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (plot, maps) = (d.join("plot.png"), d.join("maps"));
+    let out = eval_cmd(
+        d,
+        &["--images", s(&photo("coffee.png")), s(&photo("chelsea.png")), "--methods", "gradcam,gradcampp"]
+            .into_iter()
+            .chain(["--plot", s(&plot), "--save-maps", s(&maps), "--preset", "rise", "--input-size", "112"])
+            .collect::<Vec<_>>(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("| method | insertion (%) | deletion (%) | over-all (%) |"), "{stdout}");
+    assert!(stdout.contains("| gradcampp |"), "{stdout}");
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("out.json")).unwrap()).unwrap();
+    let ins = &j["insdel"];
+    assert_eq!(ins["preset"], "rise");
+    // 112 x 112 at 224 pixels per step: 56 steps, 57 points (a small input keeps the test short).
+    assert_eq!(ins["points"], 57);
+    for m in ["gradcam", "gradcampp"] {
+        let r = &ins["methods"][m];
+        let imgs = r["images"].as_array().unwrap();
+        assert_eq!(imgs.len(), 2);
+        let mut sums = (0.0, 0.0);
+        for im in imgs {
+            let c: Vec<f64> = serde_json::from_value(im["insertion_curve"].clone()).unwrap();
+            assert_eq!(c.len(), 57);
+            assert!((auc(&c) - im["insertion_auc"].as_f64().unwrap()).abs() < 1e-12);
+            sums.0 += im["insertion_auc"].as_f64().unwrap();
+            sums.1 += im["deletion_auc"].as_f64().unwrap();
+        }
+        let mean = &r["mean_auc"];
+        assert!((mean["insertion"].as_f64().unwrap() - sums.0 / 2.0).abs() < 1e-12);
+        assert!((mean["deletion"].as_f64().unwrap() - sums.1 / 2.0).abs() < 1e-12);
+        assert!((mean["overall"].as_f64().unwrap() - (sums.0 - sums.1) / 2.0).abs() < 1e-12);
+        assert_eq!(r["mean_curves"]["deletion"].as_array().unwrap().len(), 57);
+        assert!(maps.join(m).join("coffee.npy").exists() && maps.join(m).join("chelsea.png").exists());
+    }
+    let png = image::open(&plot).unwrap().to_rgb8();
+    // Not blank: the method colours are drawn.
+    assert!(png.pixels().any(|p| p.0 == [214, 39, 40]) && png.pixels().any(|p| p.0 == [31, 119, 180]));
+}
+
+#[test]
+fn cli_eval_pointing_on_synthetic_boxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let imgs = d.join("images");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for name in ["a.png", "b.png"] {
+        let img = image::RgbImage::from_fn(120, 80, |x, y| image::Rgb([(x * 2) as u8, (y * 3) as u8, 90]));
+        img.save(imgs.join(name)).unwrap();
+    }
+    let boxes = d.join("boxes.json");
+    std::fs::write(
+        &boxes,
+        serde_json::json!({
+            "images": [{"id": 1, "file_name": "a.png", "width": 120, "height": 80},
+                       {"id": 2, "file_name": "b.png", "width": 120, "height": 80}],
+            "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 120, 80]},
+                            {"image_id": 2, "category_id": 2, "bbox": [0, 0, 120, 80]}],
+            "categories": [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = eval_cmd(
+        d,
+        &[
+            "--images",
+            s(&imgs),
+            "--methods",
+            "gradcam",
+            "--metrics",
+            "pointing",
+            "--boxes",
+            s(&boxes),
+            "--input-size",
+            "64",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("out.json")).unwrap()).unwrap();
+    // Boxes covering the whole image: every peak is a hit.
+    assert_eq!(j["pointing"]["methods"]["gradcam"]["mean_accuracy"], 1.0);
+    assert_eq!(j["pointing"]["methods"]["gradcam"]["categories"]["2"]["trials"], 1);
+}
+
+#[test]
+fn cli_eval_bad_input_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let coffee = photo("coffee.png");
+    let cases: [(&[&str], &str); 5] = [
+        (&["--images", s(&coffee), "--methods", "lime"], "unknown method 'lime'"),
+        (&["--images", s(&coffee), "--metrics", "iou"], "unknown metric 'iou'"),
+        (&["--images", s(&coffee), "--metrics", "pointing"], "--boxes"),
+        (&["--images", "/nonexistent/x.png"], "/nonexistent/x.png"),
+        (&["--images", s(&coffee), "--preset", "fast"], "unknown preset 'fast'"),
+    ];
+    for (args, want) in cases {
+        let out = eval_cmd(d, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{args:?}: {err}");
+    }
+    assert!(!d.join("out.json").exists());
+}
