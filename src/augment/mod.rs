@@ -74,9 +74,12 @@ pub struct GroupCamAugment {
     /// device's default for full-size images ([`default_chunk`]), scaled up by the pixel ratio
     /// when scoring at a lower resolution, so that a forward holds about as many pixels.
     pub max_batch: Option<i64>,
-    /// Compute the maps on images resized so that their shorter side is this many pixels, and
-    /// upsample the maps back before thresholding. `None` (or a size not below the shorter
-    /// side): full resolution.
+    /// Score the blurred baseline and the G masked inputs resized so that their shorter side
+    /// is this many pixels (e.g. 112: a quarter of the pixels of 224). The activations, the
+    /// masks and the map stay at full size: only the weights alpha_l come from the smaller
+    /// forwards, which are G + 1 of the G + 2 forwards. (Computing the activations at the small
+    /// size too changed 21-43% of the mask at 112 on the test photos, against 7-15% this way.)
+    /// `None`, or a size not below the shorter side: full resolution.
     pub score_size: Option<i64>,
     pub precision: Precision,
     pub threshold: Threshold,
