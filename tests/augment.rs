@@ -299,13 +299,31 @@ fn apply_probability_skips_images_without_scoring_them() {
     let b = half.augment(&model, &x, &y).unwrap();
     assert!(same(&a.images, &b.images) && a.stats == b.stats, "the same seed drew differently");
     let n = a.stats.augmented() as i64;
-    assert!(n > 0 && n < 4, "seed 4 should draw some but not all of 4 images: {:?}", a.stats.outcomes);
+    assert_eq!(n, 2, "p = 0.5 draws 2 of 4 images: {:?}", a.stats.outcomes);
     // Only the drawn images were scored: one forward for them, one for their 17 inputs each.
     assert_eq!(model.batches.borrow()[..2], [n, n * 17]);
     for (i, o) in a.stats.outcomes.iter().enumerate() {
         if *o == Outcome::Skipped {
             assert!(same(&a.images.get(i as i64), &x.get(i as i64)));
         }
+    }
+}
+
+#[test]
+fn each_image_is_drawn_with_chance_p_in_batches_of_about_p_b() {
+    tch::manual_seed(0);
+    let aug = GroupCamAugment { probability: 0.3, ..Default::default() };
+    let mut hits = [0usize; 5];
+    let trials = 4000;
+    for _ in 0..trials {
+        let d = aug.draw(5);
+        assert!(d.len() == 1 || d.len() == 2, "0.3 x 5 images drew {}", d.len());
+        assert!(d.windows(2).all(|w| w[0] < w[1]));
+        d.iter().for_each(|&i| hits[i as usize] += 1);
+    }
+    for (i, h) in hits.iter().enumerate() {
+        let f = *h as f64 / trials as f64;
+        assert!((f - 0.3).abs() < 0.03, "image {i} drawn with frequency {f}");
     }
 }
 
@@ -325,4 +343,42 @@ fn bad_settings_and_labels_are_errors() {
     let small = x.narrow(2, 0, 20).narrow(3, 0, 20);
     let e = GroupCamAugment::default().augment(&model, &small, &y).unwrap_err().to_string();
     assert!(e.contains("too small for the blur"), "{e}");
+}
+
+#[test]
+fn the_cli_writes_the_augmented_images_and_their_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let weights = effnet_weights();
+    let (coffee, cat) = (photo("coffee.png"), photo("chelsea.png"));
+    let run = |labels: &[&str]| {
+        let mut args = vec!["--device", "cpu", "augment", "--arch", "efficientnet-lite0", "--weights", s(&weights)];
+        args.extend(["--image", s(&coffee), s(&cat), "--out", s(d), "--label"]);
+        args.extend(labels);
+        bin().args(&args).output().unwrap()
+    };
+    let bad = run(&["967", "285", "1"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("3 labels for 2 images"));
+    assert_eq!(std::fs::read_dir(d).unwrap().count(), 0, "a failed run wrote files");
+    let ok = run(&["967", "285"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    for (stem, path) in [("coffee", &coffee), ("chelsea", &cat)] {
+        let load = |p: &std::path::Path| imageio::to_tensor(&imageio::load_rgb(p).unwrap());
+        let aug = load(&d.join(format!("{stem}-augmented.png")));
+        let mask = load(&d.join(format!("{stem}-mask.png")));
+        let orig = imageio::load_batch(&[path], 224, &Normalization::IMAGENET).unwrap().1.get(0);
+        assert_eq!(
+            mask.eq(0.0).logical_or(&mask.eq(1.0)).all().int64_value(&[]),
+            1,
+            "{stem}: the mask PNG is not binary"
+        );
+        let kept = mask.mean(Kind::Double).double_value(&[]);
+        assert!((0.05..0.95).contains(&kept), "{stem}: {kept} kept");
+        let keep = mask.gt(0.5);
+        let diff = (&aug - &orig).abs();
+        // Normalising and back may move a pixel by one level; the blurred part moves far more.
+        assert!(diff.masked_select(&keep).max().double_value(&[]) <= 1.5 / 255.0, "{stem}: a kept pixel changed");
+        assert!(diff.masked_select(&keep.logical_not()).mean(Kind::Double).double_value(&[]) > 2.0 / 255.0);
+    }
 }

@@ -68,7 +68,8 @@ pub struct GroupCamAugment {
     /// G, the number of channel groups (16 in the paper's fine-tuning).
     pub groups: i64,
     /// The chance that an image is augmented; the others pass through unchanged and cost
-    /// nothing. Drawn from torch's generator, so `tch::manual_seed` makes it reproducible.
+    /// nothing. A batch of B draws a random subset of about pB images (see `draw`), from
+    /// torch's generator, so `tch::manual_seed` makes it reproducible.
     pub probability: f64,
     /// Images per scoring forward (bounds the memory of the scoring passes). `None`: the
     /// device's default for full-size images ([`default_chunk`]), scaled up by the pixel ratio
@@ -210,13 +211,20 @@ impl GroupCamAugment {
         Ok(labels)
     }
 
-    /// The images to augment, in order.
-    fn draw(&self, n: i64) -> Vec<i64> {
+    /// The images to augment, in order: a random subset of floor(pB) or ceil(pB) images (the
+    /// latter with chance frac(pB)), so that each image is drawn with chance p exactly while
+    /// the step's cost stays steady from batch to batch.
+    pub fn draw(&self, n: i64) -> Vec<i64> {
         if self.probability >= 1.0 {
             return (0..n).collect();
         }
-        let u = Vec::<f64>::try_from(Tensor::rand([n], (Kind::Double, Device::Cpu))).expect("a 1-D double tensor");
-        (0..n).filter(|&i| u[i as usize] < self.probability).collect()
+        let expected = self.probability * n as f64;
+        let extra = Tensor::rand([1], (Kind::Double, Device::Cpu)).double_value(&[0]) < expected.fract();
+        let k = expected.floor() as i64 + i64::from(extra);
+        let order = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
+        let mut chosen = Vec::<i64>::try_from(order.narrow(0, 0, k)).expect("a 1-D int64 tensor");
+        chosen.sort_unstable();
+        chosen
     }
 
     /// The scoring resolution: the shorter side `score_size`, the aspect ratio kept.
