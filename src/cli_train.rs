@@ -118,7 +118,12 @@ pub fn bench_train(a: BenchTrainArgs, device: tch::Device) -> Result<()> {
             batch_size: 16,
             shuffle: true,
             drop_last: false,
-            transform: Transform::Train { size: a.size as u32, scale: (0.08, 1.0), ratio: (0.75, 4.0 / 3.0), flip: 0.5 },
+            transform: Transform::Train {
+                size: a.size as u32,
+                scale: (0.08, 1.0),
+                ratio: (0.75, 4.0 / 3.0),
+                flip: 0.5,
+            },
             norm: groupcam::models::Normalization::IMAGENET,
             workers: w,
             prefetch: 8,
@@ -138,7 +143,9 @@ pub fn bench_train(a: BenchTrainArgs, device: tch::Device) -> Result<()> {
     let y = Tensor::randint(1000, [a.batch], (Kind::Int64, device));
     let mut sgd = groupcam::train::sgd::Sgd::new(&model.vs, 0.9, 1e-4);
     let mut bare_sgd = groupcam::train::sgd::Sgd::new(&model.vs, 0.9, 1e-4);
-    let mut tb = tensorboard_rs::summary_writer::SummaryWriter::new(std::env::temp_dir().join(format!("groupcam-bench-tb-{}", std::process::id())));
+    let mut tb = tensorboard_rs::summary_writer::SummaryWriter::new(
+        std::env::temp_dir().join(format!("groupcam-bench-tb-{}", std::process::id())),
+    );
     let (mut scale, mut k) = (65536.0, 0u64);
     let sync = || {
         if let tch::Device::Cuda(i) = device {
@@ -148,7 +155,9 @@ pub fn bench_train(a: BenchTrainArgs, device: tch::Device) -> Result<()> {
     let (mut loop_t, mut bare_t) = (Vec::new(), Vec::new());
     for rep in 0..=a.reps.max(1) {
         let t = Instant::now();
-        if let groupcam::train::Step::Done { loss, .. } = groupcam::train::step(&model, &mut sgd, &mut scale, k, &x, &y, 1e-4, false)? {
+        if let groupcam::train::Step::Done { loss, .. } =
+            groupcam::train::step(&model, &mut sgd, &mut scale, k, &x, &y, 1e-4, false)?
+        {
             tb.add_scalar("train/loss", loss as f32, k as usize);
             tb.add_scalar("train/lr", 1e-4, k as usize);
             tb.add_scalar("train/img_per_s", 0.0, k as usize);

@@ -14,7 +14,8 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
         .with_context(|| format!("cannot open image {}", path.display()))?
         .with_guessed_format()
         .with_context(|| format!("cannot read image {}", path.display()))?;
-    let img = reader.decode().with_context(|| format!("cannot decode image {} (corrupt or unsupported)", path.display()))?;
+    let img =
+        reader.decode().with_context(|| format!("cannot decode image {} (corrupt or unsupported)", path.display()))?;
     if img.width() == 0 || img.height() == 0 {
         bail!("image {} is empty", path.display());
     }
@@ -65,7 +66,8 @@ pub fn to_image(x: &Tensor) -> Result<RgbImage> {
 pub fn load_batch(paths: &[impl AsRef<Path>], size: u32, norm: &Normalization) -> Result<(Tensor, Tensor)> {
     let mut raw = Vec::new();
     for p in paths {
-        let img = eval_crop(&load_rgb(p.as_ref())?, size, eval_resize(size)).with_context(|| format!("image {}", p.as_ref().display()))?;
+        let img = eval_crop(&load_rgb(p.as_ref())?, size, eval_resize(size))
+            .with_context(|| format!("image {}", p.as_ref().display()))?;
         raw.push(to_tensor(&img));
     }
     let rgb = Tensor::stack(&raw, 0);
@@ -94,6 +96,9 @@ pub fn overlay(photo: &Tensor, map: &Tensor) -> Result<RgbImage> {
 
 /// Writes a map as `.npy` (float32, H x W).
 pub fn write_npy(map: &Tensor, path: &Path) -> Result<()> {
-    map.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous().write_npy(path)
+    map.to_kind(Kind::Float)
+        .to_device(tch::Device::Cpu)
+        .contiguous()
+        .write_npy(path)
         .with_context(|| format!("cannot write {}", path.display()))
 }

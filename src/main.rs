@@ -11,8 +11,8 @@ use groupcam::cam::{GroupCam, Variant};
 use groupcam::models::{Arch, CamModel, Model};
 use groupcam::{imageio, predict};
 
-mod cli_eval;
 mod cli_augment;
+mod cli_eval;
 mod cli_train;
 
 #[derive(Parser)]

@@ -24,7 +24,10 @@ pub fn topk(model: &dyn CamModel, x: &Tensor, k: i64) -> Result<Vec<Vec<Predicti
     Ok(p.into_iter()
         .zip(idx)
         .map(|(ps, is)| {
-            ps.into_iter().zip(is).map(|(probability, class)| Prediction { class, name: class_name(class), probability }).collect()
+            ps.into_iter()
+                .zip(is)
+                .map(|(probability, class)| Prediction { class, name: class_name(class), probability })
+                .collect()
         })
         .collect())
 }

@@ -42,7 +42,8 @@ fn inside(shape: &str, u: f64, v: f64) -> bool {
 fn background(rng: &mut StdRng, s: u32) -> RgbImage {
     // A greyish, striped background: the classes' hues live on the objects.
     let g = rng.random_range(60.0..180.0);
-    let base: [f64; 3] = [g + rng.random_range(-20.0..20.0), g + rng.random_range(-20.0..20.0), g + rng.random_range(-20.0..20.0)];
+    let base: [f64; 3] =
+        [g + rng.random_range(-20.0..20.0), g + rng.random_range(-20.0..20.0), g + rng.random_range(-20.0..20.0)];
     let (fx, fy, phase) = (rng.random_range(0.05..0.5), rng.random_range(0.05..0.5), rng.random_range(0.0..6.3));
     let mut img = RgbImage::from_fn(s, s, |x, y| {
         let stripe = ((x as f64 * fx + y as f64 * fy + phase).sin()) * 35.0;
@@ -52,7 +53,8 @@ fn background(rng: &mut StdRng, s: u32) -> RgbImage {
     // Clutter: thin strokes of random colours, which are no class.
     for _ in 0..rng.random_range(2..6) {
         let (x0, y0) = (rng.random_range(0.0..s as f64), rng.random_range(0.0..s as f64));
-        let (angle, len) = (rng.random_range(0.0..std::f64::consts::PI), rng.random_range(s as f64 * 0.15..s as f64 * 0.5));
+        let (angle, len) =
+            (rng.random_range(0.0..std::f64::consts::PI), rng.random_range(s as f64 * 0.15..s as f64 * 0.5));
         let col = Rgb([rng.random(), rng.random(), rng.random()]);
         for t in 0..(len * 2.0) as u32 {
             let (x, y) = (x0 + angle.cos() * t as f64 / 2.0, y0 + angle.sin() * t as f64 / 2.0);
@@ -87,7 +89,11 @@ pub fn sample(rng: &mut StdRng, shape: &str, s: u32) -> (RgbImage, [u32; 4]) {
     let cx = rng.random_range(half..s as f64 - half);
     let cy = rng.random_range(half..s as f64 - half);
     let class = SHAPES.iter().position(|&c| c == shape).unwrap_or(0) as f64;
-    let col = hsv(class / SHAPES.len() as f64 + rng.random_range(-0.03..0.03), rng.random_range(0.7..1.0), rng.random_range(0.7..1.0));
+    let col = hsv(
+        class / SHAPES.len() as f64 + rng.random_range(-0.03..0.03),
+        rng.random_range(0.7..1.0),
+        rng.random_range(0.7..1.0),
+    );
     let (mut x0, mut y0, mut x1, mut y1) = (s, s, 0, 0);
     for y in 0..s {
         for x in 0..s {

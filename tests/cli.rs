@@ -12,8 +12,18 @@ fn run(args: &[&str]) -> (bool, String, String) {
 #[test]
 fn predict_names_the_espresso() {
     let w = effnet_weights();
-    let (ok, stdout, stderr) =
-        run(&["--device", "cpu", "predict", "--arch", "efficientnet-lite0", "--weights", s(&w), "--image", s(&photo("coffee.png")), "--json"]);
+    let (ok, stdout, stderr) = run(&[
+        "--device",
+        "cpu",
+        "predict",
+        "--arch",
+        "efficientnet-lite0",
+        "--weights",
+        s(&w),
+        "--image",
+        s(&photo("coffee.png")),
+        "--json",
+    ]);
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v[0]["top"][0]["class"], 967);
@@ -27,8 +37,18 @@ fn explain_writes_an_overlay_and_a_float32_map_per_image() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("maps");
     let (ok, _, stderr) = run(&[
-        "explain", "--arch", "efficientnet-lite0", "--weights", s(&w), "--image", s(&photo("coffee.png")), s(&photo("chelsea.png")),
-        "--groups", "8", "--out", s(&out),
+        "explain",
+        "--arch",
+        "efficientnet-lite0",
+        "--weights",
+        s(&w),
+        "--image",
+        s(&photo("coffee.png")),
+        s(&photo("chelsea.png")),
+        "--groups",
+        "8",
+        "--out",
+        s(&out),
     ]);
     assert!(ok, "{stderr}");
     for stem in ["coffee", "chelsea"] {
@@ -54,17 +74,32 @@ fn bad_input_fails_clearly_and_leaves_no_output() {
     let tiny = d.join("tiny.png");
     image::RgbImage::from_pixel(20, 20, image::Rgb([9, 99, 199])).save(&tiny).unwrap();
     let r18 = d.join("r18.safetensors");
-    groupcam::models::weights::save_safetensors(&groupcam::Model::new(groupcam::Arch::Resnet18, 1000, tch::Device::Cpu).vs, &r18)
-        .unwrap();
+    groupcam::models::weights::save_safetensors(
+        &groupcam::Model::new(groupcam::Arch::Resnet18, 1000, tch::Device::Cpu).vs,
+        &r18,
+    )
+    .unwrap();
     let coffee = photo("coffee.png");
     let missing = d.join("missing.jpg");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--arch", "efficientnet-lite0", "--weights", s(&w), "--image", s(&coffee), s(&corrupt)], "corrupt.png"),
         (vec!["--arch", "efficientnet-lite0", "--weights", s(&w), "--image", s(&missing)], "missing.jpg"),
-        (vec!["--arch", "efficientnet-lite0", "--weights", s(&r18), "--image", s(&coffee)], "not a efficientnet-lite0 state dict"),
-        (vec!["--arch", "efficientnet-lite0", "--weights", s(&w), "--image", s(&coffee), "--class", "1000"], "class 1000 is out of range"),
-        (vec!["--arch", "efficientnet-lite0", "--weights", s(&w), "--image", s(&coffee), "--groups", "2000"], "1280 channels"),
-        (vec!["--arch", "efficientnet-lite0", "--weights", s(&w), "--image", s(&tiny), "--input-size", "20"], "too small for the blur"),
+        (
+            vec!["--arch", "efficientnet-lite0", "--weights", s(&r18), "--image", s(&coffee)],
+            "not a efficientnet-lite0 state dict",
+        ),
+        (
+            vec!["--arch", "efficientnet-lite0", "--weights", s(&w), "--image", s(&coffee), "--class", "1000"],
+            "class 1000 is out of range",
+        ),
+        (
+            vec!["--arch", "efficientnet-lite0", "--weights", s(&w), "--image", s(&coffee), "--groups", "2000"],
+            "1280 channels",
+        ),
+        (
+            vec!["--arch", "efficientnet-lite0", "--weights", s(&w), "--image", s(&tiny), "--input-size", "20"],
+            "too small for the blur",
+        ),
         (vec!["--arch", "resnet9", "--weights", s(&w), "--image", s(&coffee)], "unknown architecture 'resnet9'"),
     ];
     for (i, (args, want)) in cases.into_iter().enumerate() {

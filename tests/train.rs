@@ -105,7 +105,8 @@ fn the_loader_converts_modes_skips_bad_files_and_is_seeded() {
     };
     let batches: Vec<_> = loader.epoch(0, 0).collect();
     assert_eq!(batches.len(), 2);
-    let skipped: Vec<String> = batches.iter().flat_map(|b| b.skipped.iter().map(|(p, _)| p.display().to_string())).collect();
+    let skipped: Vec<String> =
+        batches.iter().flat_map(|b| b.skipped.iter().map(|(p, _)| p.display().to_string())).collect();
     assert_eq!(skipped.len(), 2, "{skipped:?}");
     assert!(skipped.iter().any(|p| p.ends_with("empty.jpg")) && skipped.iter().any(|p| p.ends_with("truncated.png")));
     let n: i64 = batches.iter().map(|b| b.images.size()[0]).sum();
@@ -160,7 +161,8 @@ fn kill_9_and_resume_gives_the_same_weights_bit_for_bit() {
         assert!(ta.equal(tb), "tensor {ka} differs after resume");
     }
     // The uninterrupted run changed the weights at all, so the comparison means something.
-    let h: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("straight/history.json")).unwrap()).unwrap();
+    let h: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("straight/history.json")).unwrap()).unwrap();
     assert_eq!(h.as_array().unwrap().len(), 3);
     assert!(h[2]["augmented_fraction"].as_f64().unwrap() > 0.0, "the fine-tuning epochs augment");
     assert_eq!(h[0]["augmented_fraction"].as_f64().unwrap(), 0.0, "the pre-training does not");
@@ -178,7 +180,10 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     assert!(err.contains("loss is") && err.contains("last good checkpoint"), "{err}");
     let ckpt = dir.path().join("nan/checkpoints/last.safetensors");
     let named = tensors(&ckpt);
-    assert!(named.iter().all(|(_, t)| t.isfinite().all().int64_value(&[]) == 1), "the checkpoint holds non-finite values");
+    assert!(
+        named.iter().all(|(_, t)| t.isfinite().all().int64_value(&[]) == 1),
+        "the checkpoint holds non-finite values"
+    );
     assert!(!dir.path().join("nan/final.safetensors").exists());
 }
 
@@ -187,13 +192,24 @@ fn a_run_logs_saliency_and_its_final_weights_load_in_pytorch() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_data(dir.path(), 2);
     let cfg = tiny_config(dir.path(), &data, "full");
-    let out = finetune(&["--config", s(&cfg), "--set", "train.epochs=2", "--set", "saliency.threshold=2.0", "--set", "saliency.patience=1"]);
+    let out = finetune(&[
+        "--config",
+        s(&cfg),
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "saliency.threshold=2.0",
+        "--set",
+        "saliency.patience=1",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("device: cpu") && stdout.contains("val top-1"), "{stdout}");
     assert!(stdout.contains("saliency converged at epoch 1"), "{stdout}");
     let run = dir.path().join("full");
-    for f in ["saliency/epoch-000.png", "saliency/epoch-002.png", "checkpoints/best.safetensors", "report.md", "config.yaml"] {
+    for f in
+        ["saliency/epoch-000.png", "saliency/epoch-002.png", "checkpoints/best.safetensors", "report.md", "config.yaml"]
+    {
         assert!(run.join(f).exists(), "{f} missing");
     }
     let tb = std::fs::read_dir(run.join("tb")).unwrap().next().unwrap().unwrap().path();
@@ -201,7 +217,8 @@ fn a_run_logs_saliency_and_its_final_weights_load_in_pytorch() {
     for tag in ["val/top1", "train/loss", "saliency/one_minus_pearson", "epoch/augmented_fraction"] {
         assert!(events.windows(tag.len()).any(|w| w == tag.as_bytes()), "tag {tag} not in the event file");
     }
-    let h: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("history.json")).unwrap()).unwrap();
+    let h: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("history.json")).unwrap()).unwrap();
     let change = h[1]["saliency_change"].as_f64().unwrap();
     assert!((0.0..=2.0).contains(&change));
 
@@ -211,7 +228,19 @@ fn a_run_logs_saliency_and_its_final_weights_load_in_pytorch() {
     let input = dir.path().join("x.npy");
     let logits_path = dir.path().join("logits.npy");
     x.write_npy(&input).unwrap();
-    py(&["load-final", "--arch", "resnet18", "--classes", "6", "--weights", s(&run.join("final.safetensors")), "--input", s(&input), "--out", s(&logits_path)]);
+    py(&[
+        "load-final",
+        "--arch",
+        "resnet18",
+        "--classes",
+        "6",
+        "--weights",
+        s(&run.join("final.safetensors")),
+        "--input",
+        s(&input),
+        "--out",
+        s(&logits_path),
+    ]);
     let d = max_abs_diff(&tch::no_grad(|| model.logits_eval(&x)), &npy(&logits_path));
     assert!(d < 1e-4, "PyTorch's logits differ by {d}");
 
@@ -224,7 +253,8 @@ fn a_run_logs_saliency_and_its_final_weights_load_in_pytorch() {
 fn synth_boxes_hold_their_objects() {
     let dir = tempfile::tempdir().unwrap();
     let root = tiny_data(dir.path(), 3);
-    let coco: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("boxes.json")).unwrap()).unwrap();
+    let coco: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("boxes.json")).unwrap()).unwrap();
     let images = coco["images"].as_array().unwrap();
     assert_eq!(images.len(), 6 * 5);
     for (img, ann) in images.iter().zip(coco["annotations"].as_array().unwrap()) {

@@ -137,7 +137,8 @@ impl GroupCam {
     /// M_l = ReLU(sum of w_k A^k over group l), groups split like `torch.chunk`, then Eq. 3.
     pub fn group_masks(&self, a: &Tensor, weights: &Tensor) -> Tensor {
         let wa = a.to_kind(Kind::Float) * weights.unsqueeze(-1).unsqueeze(-1);
-        let sums: Vec<Tensor> = wa.chunk(self.groups, 1).iter().map(|g| g.sum_dim_intlist(1, true, Kind::Float)).collect();
+        let sums: Vec<Tensor> =
+            wa.chunk(self.groups, 1).iter().map(|g| g.sum_dim_intlist(1, true, Kind::Float)).collect();
         let m = Tensor::cat(&sums, 1).relu();
         match self.denoise {
             None => m,
@@ -156,7 +157,8 @@ impl GroupCam {
         let (n, g, mh, mw) = masks.size4().expect("masks are 4-D");
         let (h, w) = (x.size()[2], x.size()[3]);
         let per = g + 1;
-        let ext = Tensor::cat(&[masks.zeros_like().narrow(1, 0, 1), masks.shallow_clone()], 1).reshape([n * per, 1, mh, mw]);
+        let ext =
+            Tensor::cat(&[masks.zeros_like().narrow(1, 0, 1), masks.shallow_clone()], 1).reshape([n * per, 1, mh, mw]);
         let owner = Tensor::arange(n * per, (Kind::Int64, x.device())).floor_divide_scalar(per);
         let cls = classes.index_select(0, &owner);
         let chunk = self.chunk.unwrap_or_else(|| default_chunk(x.device()));

@@ -29,7 +29,8 @@ pub struct ImageFolder {
 
 impl ImageFolder {
     pub fn open(root: &Path) -> Result<ImageFolder> {
-        let entries = std::fs::read_dir(root).with_context(|| format!("cannot read dataset folder {}", root.display()))?;
+        let entries =
+            std::fs::read_dir(root).with_context(|| format!("cannot read dataset folder {}", root.display()))?;
         let mut classes = BTreeSet::new();
         for e in entries {
             let e = e?;
@@ -43,14 +44,19 @@ impl ImageFolder {
             let mut files: Vec<PathBuf> = walk(&root.join(c))?
                 .into_iter()
                 .filter(|p| {
-                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+                    p.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
                 })
                 .collect();
             files.sort();
             samples.extend(files.into_iter().map(|f| (f, i as i64)));
         }
         if samples.is_empty() {
-            bail!("dataset folder {} has no images in class sub-folders (expected <class>/<image>.jpg|png)", root.display());
+            bail!(
+                "dataset folder {} has no images in class sub-folders (expected <class>/<image>.jpg|png)",
+                root.display()
+            );
         }
         Ok(ImageFolder { root: root.to_path_buf(), classes, samples })
     }

@@ -31,7 +31,13 @@ pub fn load(path: &Path, t: Transform, rng: &mut impl Rng) -> Result<Tensor> {
 
 /// torchvision's `RandomResizedCrop.get_params`: ten tries at a random area and log-uniform
 /// aspect ratio, then a centre crop clamped to the ratio range.
-pub fn random_resized_box(width: u32, height: u32, scale: (f64, f64), ratio: (f64, f64), rng: &mut impl Rng) -> (u32, u32, u32, u32) {
+pub fn random_resized_box(
+    width: u32,
+    height: u32,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut impl Rng,
+) -> (u32, u32, u32, u32) {
     let (w0, h0) = (width as f64, height as f64);
     let area = w0 * h0;
     let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());

@@ -92,7 +92,8 @@ struct MbConv {
 impl MbConv {
     fn new(p: &nn::Path, st: &Stage, cin: i64, stride: i64) -> Self {
         let mid = cin * st.expand;
-        let expand = (st.expand != 1).then(|| (SameConv::new(p / "_expand_conv", cin, mid, 1, 1, 1), bn(p / "_bn0", mid)));
+        let expand =
+            (st.expand != 1).then(|| (SameConv::new(p / "_expand_conv", cin, mid, 1, 1, 1), bn(p / "_bn0", mid)));
         MbConv {
             expand,
             depthwise: SameConv::new(p / "_depthwise_conv", mid, mid, st.kernel, stride, mid),

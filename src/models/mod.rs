@@ -53,13 +53,9 @@ pub struct Normalization {
 }
 
 impl Normalization {
-    pub const IMAGENET: Normalization =
-        Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+    pub const IMAGENET: Normalization = Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
     /// (x*255 - 127) / 128, the TF EfficientNet-Lite preprocessing.
-    pub const TF_LITE: Normalization = Normalization {
-        mean: [127.0 / 255.0; 3],
-        std: [128.0 / 255.0; 3],
-    };
+    pub const TF_LITE: Normalization = Normalization { mean: [127.0 / 255.0; 3], std: [128.0 / 255.0; 3] };
 
     pub fn apply(&self, x: &Tensor) -> Tensor {
         let (mean, std) = self.tensors(x);

@@ -77,8 +77,8 @@ impl Block {
                 ConvBn::new(p, "conv2", "bn2", planes, planes, 3, 1),
             ]
         };
-        let downsample = (stride != 1 || cin != cout)
-            .then(|| ConvBn::new(&(p / "downsample"), "0", "1", cin, cout, 1, stride));
+        let downsample =
+            (stride != 1 || cin != cout).then(|| ConvBn::new(&(p / "downsample"), "0", "1", cin, cout, 1, stride));
         Block { convs, downsample }
     }
 

@@ -107,7 +107,11 @@ fn read_storages(path: &Path, infos: Vec<candle_core::pickle::TensorInfo>) -> Re
         let offset = info.layout.start_offset() as i64;
         let needed = 1 + offset + shape.iter().zip(&stride).map(|(d, s)| (d - 1).max(0) * s).sum::<i64>();
         if shape.iter().all(|&d| d > 0) && needed > numel {
-            bail!("tensor '{}' in {} is truncated: its storage holds {numel} values, the view needs {needed}", info.name, path.display());
+            bail!(
+                "tensor '{}' in {} is truncated: its storage holds {numel} values, the view needs {needed}",
+                info.name,
+                path.display()
+            );
         }
         let storage = Tensor::from_data_size(&buf, &[numel], kind);
         out.push((info.name, storage.as_strided(shape, stride, offset).contiguous()));
@@ -125,7 +129,9 @@ pub fn classifier_classes(arch: Arch, tensors: &BTreeMap<String, Tensor>, path: 
     };
     match tensors.get(key) {
         Some(t) if t.dim() == 2 => Ok(t.size()[0]),
-        Some(t) => bail!("tensor '{key}' in {} has shape {:?}, expected a 2-D classifier weight", path.display(), t.size()),
+        Some(t) => {
+            bail!("tensor '{key}' in {} has shape {:?}, expected a 2-D classifier weight", path.display(), t.size())
+        }
         None => bail!(
             "{} has no tensor '{key}': it is not a {arch} state dict (its first keys: {})",
             path.display(),
@@ -150,11 +156,19 @@ pub fn assign(vs: &mut nn::VarStore, tensors: BTreeMap<String, Tensor>, path: &P
     };
     let missing: Vec<_> = want.difference(&have).collect();
     if !missing.is_empty() {
-        bail!("{} is missing tensor(s) {} that {arch} needs (weights for another architecture?)", path.display(), list(missing));
+        bail!(
+            "{} is missing tensor(s) {} that {arch} needs (weights for another architecture?)",
+            path.display(),
+            list(missing)
+        );
     }
     let unexpected: Vec<_> = have.difference(&want).collect();
     if !unexpected.is_empty() {
-        bail!("{} has unexpected tensor(s) {} for {arch} (weights for another architecture?)", path.display(), list(unexpected));
+        bail!(
+            "{} has unexpected tensor(s) {} for {arch} (weights for another architecture?)",
+            path.display(),
+            list(unexpected)
+        );
     }
     for (name, var) in &vars {
         let t = &tensors[name];

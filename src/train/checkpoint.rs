@@ -45,7 +45,8 @@ pub struct Meta {
 
 pub fn save(path: &Path, vs: &nn::VarStore, sgd: &Sgd, saliency: Option<&Tensor>, meta: &Meta) -> Result<()> {
     let cpu = |t: &Tensor| t.detach().to_device(tch::Device::Cpu).contiguous();
-    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(k, v)| (format!("model/{k}"), cpu(&v))).collect();
+    let mut named: Vec<(String, Tensor)> =
+        vs.variables().into_iter().map(|(k, v)| (format!("model/{k}"), cpu(&v))).collect();
     named.extend(sgd.buffers.iter().map(|(k, v)| (format!("momentum/{k}"), cpu(v))));
     if let Some(s) = saliency {
         named.push(("saliency/prev".into(), cpu(s)));
@@ -69,7 +70,9 @@ pub fn load(path: &Path, vs: &mut nn::VarStore, sgd: &mut Sgd) -> Result<(Meta, 
     for (k, t) in named {
         if k == "meta" {
             let bytes = Vec::<u8>::try_from(t.to_kind(Kind::Uint8))?;
-            meta = Some(serde_json::from_slice::<Meta>(&bytes).with_context(|| format!("{}: corrupt meta", path.display()))?);
+            meta = Some(
+                serde_json::from_slice::<Meta>(&bytes).with_context(|| format!("{}: corrupt meta", path.display()))?,
+            );
         } else if k == "saliency/prev" {
             saliency = Some(t);
         } else if let Some(n) = k.strip_prefix("momentum/") {

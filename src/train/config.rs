@@ -309,7 +309,11 @@ impl Config {
         for (key, dir) in [("data.train_dir", &self.data.train_dir), ("data.val_dir", &self.data.val_dir)] {
             let p = self.data.root.join(dir);
             if !p.is_dir() {
-                bail!("key '{key}': data folder {} does not exist (key 'data.root' is {})", p.display(), self.data.root.display());
+                bail!(
+                    "key '{key}': data folder {} does not exist (key 'data.root' is {})",
+                    p.display(),
+                    self.data.root.display()
+                );
             }
         }
         Ok(())

@@ -88,7 +88,11 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Outcome> {
         bail!("key 'train.amp': fp16 needs a CUDA device (running on {device:?})");
     }
     match device {
-        Device::Cuda(i) => println!("device: cuda:{i} ({} CUDA device(s)), amp: {}", tch::Cuda::device_count(), if use_amp { "fp16" } else { "off" }),
+        Device::Cuda(i) => println!(
+            "device: cuda:{i} ({} CUDA device(s)), amp: {}",
+            tch::Cuda::device_count(),
+            if use_amp { "fp16" } else { "off" }
+        ),
         _ => println!("device: cpu ({} threads)", tch::get_num_threads()),
     }
 
@@ -177,7 +181,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Outcome> {
         bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let epoch_bar = bars.add(ProgressBar::new(epochs as u64));
-    epoch_bar.set_style(ProgressStyle::with_template("epoch {pos}/{len} [{bar:30}] {elapsed_precise} ETA {eta_precise}")?);
+    epoch_bar
+        .set_style(ProgressStyle::with_template("epoch {pos}/{len} [{bar:30}] {elapsed_precise} ETA {eta_precise}")?);
     epoch_bar.set_position(meta.epoch as u64);
     let mut named_skips: HashSet<PathBuf> = HashSet::new();
     // Lines go above the bars on a terminal, to stdout otherwise.
@@ -220,7 +225,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Outcome> {
             } else {
                 x
             };
-            let (loss_value, hit) = match step(&model, &mut sgd, &mut meta.loss_scale, meta.step, &x, &y, lr, use_amp)? {
+            let (loss_value, hit) = match step(&model, &mut sgd, &mut meta.loss_scale, meta.step, &x, &y, lr, use_amp)?
+            {
                 Step::Done { loss, top1 } => (loss, top1),
                 Step::Overflow { loss, top1 } => {
                     say(format!("fp16 overflow at step {}: loss scale now {}", meta.step, meta.loss_scale));
@@ -320,9 +326,15 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Outcome> {
 
 /// What one training step did.
 pub enum Step {
-    Done { loss: f64, top1: i64 },
+    Done {
+        loss: f64,
+        top1: i64,
+    },
     /// fp16 gradients overflowed: the step was skipped and the loss scale halved.
-    Overflow { loss: f64, top1: i64 },
+    Overflow {
+        loss: f64,
+        top1: i64,
+    },
     /// The loss was NaN or infinite: nothing was changed.
     NonFinite(f64),
 }
@@ -331,7 +343,16 @@ pub enum Step {
 /// cross-entropy, backward, update. `scale` is the fp16 loss scale, doubled after 2000 clean
 /// steps and halved on overflow (torch.cuda.amp.GradScaler's defaults).
 #[allow(clippy::too_many_arguments)]
-pub fn step(model: &dyn CamModel, sgd: &mut Sgd, scale: &mut f64, step: u64, x: &Tensor, y: &Tensor, lr: f64, amp: bool) -> Result<Step> {
+pub fn step(
+    model: &dyn CamModel,
+    sgd: &mut Sgd,
+    scale: &mut f64,
+    step: u64,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+    amp: bool,
+) -> Result<Step> {
     let logits = tch::autocast(amp, || model.forward(x));
     let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(y);
     let value = loss.double_value(&[]);

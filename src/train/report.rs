@@ -17,7 +17,8 @@ pub fn write_history(out: &Path, history: &[EpochRecord]) -> Result<()> {
 
 pub fn read_history(run: &Path) -> Result<Vec<EpochRecord>> {
     let p = run.join("history.json");
-    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {} (is {} a run directory?)", p.display(), run.display()))?;
+    let text = std::fs::read_to_string(&p)
+        .with_context(|| format!("cannot read {} (is {} a run directory?)", p.display(), run.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not a run history", p.display()))
 }
 
@@ -26,7 +27,12 @@ fn best(h: &[EpochRecord]) -> Option<&EpochRecord> {
 }
 
 /// Markdown: a summary and one row per epoch (the control's columns beside the run's).
-pub fn render(run: &[EpochRecord], control: Option<&[EpochRecord]>, run_dir: &Path, control_dir: Option<&Path>) -> String {
+pub fn render(
+    run: &[EpochRecord],
+    control: Option<&[EpochRecord]>,
+    run_dir: &Path,
+    control_dir: Option<&Path>,
+) -> String {
     let mut s = String::new();
     let pct = |v: f64| format!("{:.2}%", 100.0 * v);
     let summary = |s: &mut String, name: &str, h: &[EpochRecord]| {
@@ -36,7 +42,11 @@ pub fn render(run: &[EpochRecord], control: Option<&[EpochRecord]>, run_dir: &Pa
         let _ = writeln!(s, "- epochs: {}", h.len());
         let _ = writeln!(s, "- final val top-1: {}", last.map(|r| pct(r.val_top1)).unwrap_or("-".into()));
         let _ = writeln!(s, "- final val top-5: {}", last.map(|r| pct(r.val_top5)).unwrap_or("-".into()));
-        let _ = writeln!(s, "- best val top-1: {}", best(h).map(|r| format!("{} (epoch {})", pct(r.val_top1), r.epoch)).unwrap_or("-".into()));
+        let _ = writeln!(
+            s,
+            "- best val top-1: {}",
+            best(h).map(|r| format!("{} (epoch {})", pct(r.val_top1), r.epoch)).unwrap_or("-".into())
+        );
         let _ = writeln!(s, "- time per epoch: {:.1} s", secs / h.len().max(1) as f64);
         let _ = writeln!(s, "- images skipped: {}\n", h.iter().map(|r| r.images_skipped).sum::<usize>());
     };
@@ -44,7 +54,10 @@ pub fn render(run: &[EpochRecord], control: Option<&[EpochRecord]>, run_dir: &Pa
     summary(&mut s, &format!("run {}", run_dir.display()), run);
     if let (Some(c), Some(d)) = (control, control_dir) {
         summary(&mut s, &format!("control {}", d.display()), c);
-        let _ = writeln!(s, "## Curves\n\n| epoch | phase | lr | run loss | run val top-1 | control loss | control val top-1 | difference |");
+        let _ = writeln!(
+            s,
+            "## Curves\n\n| epoch | phase | lr | run loss | run val top-1 | control loss | control val top-1 | difference |"
+        );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
         for i in 0..run.len().max(c.len()) {
             let (r, k) = (run.get(i), c.get(i));
@@ -65,7 +78,10 @@ pub fn render(run: &[EpochRecord], control: Option<&[EpochRecord]>, run_dir: &Pa
             );
         }
     } else {
-        let _ = writeln!(s, "## Epochs\n\n| epoch | phase | lr | loss | train top-1 | val top-1 | val top-5 | augmented | skipped | s | saliency 1-r |");
+        let _ = writeln!(
+            s,
+            "## Epochs\n\n| epoch | phase | lr | loss | train top-1 | val top-1 | val top-5 | augmented | skipped | s | saliency 1-r |"
+        );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
         for r in run {
             let _ = writeln!(

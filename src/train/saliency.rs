@@ -36,7 +36,9 @@ pub fn change(prev: &Tensor, cur: &Tensor) -> (f64, f64) {
     let (a, b) = (prev.reshape([n, -1]).to_kind(Kind::Double), cur.reshape([n, -1]).to_kind(Kind::Double));
     let (ac, bc) = (&a - a.mean_dim(1, true, Kind::Double), &b - b.mean_dim(1, true, Kind::Double));
     let num = (&ac * &bc).sum_dim_intlist(1, false, Kind::Double);
-    let den = (ac.square().sum_dim_intlist(1, false, Kind::Double) * bc.square().sum_dim_intlist(1, false, Kind::Double)).sqrt();
+    let den = (ac.square().sum_dim_intlist(1, false, Kind::Double)
+        * bc.square().sum_dim_intlist(1, false, Kind::Double))
+    .sqrt();
     let r = num.where_self(&den.gt(0.0), &den.zeros_like()) / den.clamp_min(1e-12);
     let delta = (&a - &b).abs().mean(Kind::Double).double_value(&[]);
     (1.0 - r.mean(Kind::Double).double_value(&[]), delta)
