@@ -20,3 +20,27 @@ pub use models::{Arch, CamModel, Model};
 pub fn default_device() -> tch::Device {
     tch::Device::cuda_if_available()
 }
+
+/// A device by name: auto (CUDA when libtorch sees a GPU), cpu, cuda or cuda:N; a CUDA device
+/// libtorch does not see is an error here rather than a crash later.
+pub fn parse_device(s: &str) -> anyhow::Result<tch::Device> {
+    use anyhow::{Context, bail};
+    use tch::{Cuda, Device};
+    Ok(match s {
+        "auto" => default_device(),
+        "cpu" => Device::Cpu,
+        _ => {
+            let i: usize = match s.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(n) => {
+                    n.strip_prefix(':').and_then(|n| n.parse().ok()).with_context(|| format!("bad device '{s}'"))?
+                }
+                None => bail!("unknown device '{s}' (expected auto, cpu, cuda or cuda:N)"),
+            };
+            if i >= Cuda::device_count() as usize {
+                bail!("device {s}: libtorch sees {} CUDA device(s) (run `groupcam doctor`)", Cuda::device_count());
+            }
+            Device::Cuda(i)
+        }
+    })
+}

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use tch::{Device, Tensor};
 
@@ -143,7 +143,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let device = parse_device(&cli.device)?;
+    let device = groupcam::parse_device(&cli.device).context("--device")?;
     match cli.command {
         Command::Doctor => doctor(),
         Command::Augment(a) => cli_augment::augment(a, device),
@@ -159,27 +159,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Methods(a)) => cli_eval::bench_methods(a, device),
         Command::Bench(BenchCommand::Insdel(a)) => cli_eval::bench_insdel(a, device),
     }
-}
-
-fn parse_device(s: &str) -> Result<Device> {
-    Ok(match s {
-        "auto" => groupcam::default_device(),
-        "cpu" => Device::Cpu,
-        "cuda" => {
-            if !tch::Cuda::is_available() {
-                bail!("--device cuda: libtorch sees no CUDA device (run `groupcam doctor`)");
-            }
-            Device::Cuda(0)
-        }
-        s if s.starts_with("cuda:") => {
-            let i: usize = s[5..].parse().with_context(|| format!("bad device '{s}'"))?;
-            if i >= tch::Cuda::device_count() as usize {
-                bail!("--device {s}: libtorch sees {} CUDA device(s)", tch::Cuda::device_count());
-            }
-            Device::Cuda(i)
-        }
-        _ => bail!("unknown device '{s}' (expected auto, cpu, cuda or cuda:N)"),
-    })
 }
 
 fn doctor() -> Result<()> {

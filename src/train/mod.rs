@@ -40,18 +40,6 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
-pub fn device_of(spec: &str) -> Result<Device> {
-    Ok(match spec {
-        "auto" => Device::cuda_if_available(),
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        s => match s.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
-            Some(i) => Device::Cuda(i),
-            None => bail!("key 'train.device': unknown device '{s}' (auto, cpu, cuda or cuda:N)"),
-        },
-    })
-}
-
 /// The learning rate and phase of an epoch: the optional plain pre-training, then StepLR from
 /// the fine-tuning's own first epoch.
 pub fn schedule(cfg: &Config, epoch: usize) -> (f64, &'static str) {
@@ -78,7 +66,7 @@ fn hits(logits: &Tensor, labels: &Tensor) -> (i64, i64) {
 
 pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Outcome> {
     let out = cfg.out.clone();
-    let device = device_of(&cfg.train.device)?;
+    let device = crate::parse_device(&cfg.train.device).context("key 'train.device'")?;
     if let Some(n) = cfg.train.threads {
         tch::set_num_threads(n);
     }
