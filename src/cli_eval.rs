@@ -7,16 +7,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use image::{Rgb, RgbImage};
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
 
+use groupcam::cam::Batching;
 use groupcam::cam::methods::{self, Explainer};
 use groupcam::cam::rise::Rise;
 use groupcam::eval::insdel::{self, Mode, Preset, auc, mean_curve};
 use groupcam::eval::pointing::{self, Coco, Tally};
-use groupcam::imageio;
 use groupcam::models::{Arch, CamModel, Model};
+use groupcam::{imageio, plot};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -47,9 +47,12 @@ pub struct EvalArgs {
     /// Plot of the mean insertion and deletion curves per method (PNG).
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// Images per scoring forward (default: 8 on CPU, 64 on CUDA).
+    /// Images per scoring forward (default: 2 per lane on a multi-threaded CPU, 64 on CUDA).
     #[arg(long)]
     chunk: Option<i64>,
+    /// Insertion/deletion forwards run side by side on CPU (default: one per CPU thread).
+    #[arg(long)]
+    lanes: Option<usize>,
     /// Images explained and scored together.
     #[arg(long, default_value_t = 4)]
     batch: usize,
@@ -58,7 +61,7 @@ pub struct EvalArgs {
     rise_masks: i64,
 }
 
-fn explainers(names: &[String], chunk: Option<i64>, rise_masks: i64) -> Result<Vec<Box<dyn Explainer>>> {
+pub(crate) fn explainers(names: &[String], chunk: Option<i64>, rise_masks: i64) -> Result<Vec<Box<dyn Explainer>>> {
     let mut out: Vec<Box<dyn Explainer>> = Vec::new();
     for n in names {
         let m = methods::by_name(n, chunk)?;
@@ -77,8 +80,17 @@ fn explainers(names: &[String], chunk: Option<i64>, rise_masks: i64) -> Result<V
     Ok(out)
 }
 
+/// The model's default scoring, with what the command line sets.
+fn batching_of(model: &dyn CamModel, chunk: Option<i64>, lanes: Option<usize>) -> Result<Batching> {
+    if chunk.is_some_and(|c| c < 1) || lanes == Some(0) {
+        bail!("--chunk and --lanes must be at least 1");
+    }
+    let b = Batching::with_chunk(model, chunk);
+    Ok(Batching { lanes: lanes.unwrap_or(b.lanes), ..b })
+}
+
 /// Image files of the arguments: files as given, directories expanded to their images, sorted.
-fn image_files(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub(crate) fn image_files(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in args {
         if p.is_dir() {
@@ -161,6 +173,7 @@ fn insdel_eval(
     let (x_all, photos) = imageio::load_batch(files, size, &norm)?;
     let x_all = x_all.to_device(device);
     let classes = insdel::argmax_classes(model, &x_all)?;
+    let batching = batching_of(model, a.chunk, a.lanes)?;
     let mut per_method = serde_json::Map::new();
     let mut means: Vec<(String, BTreeMap<&'static str, Vec<f64>>, BTreeMap<&'static str, f64>)> = Vec::new();
     for m in methods {
@@ -174,7 +187,7 @@ fn insdel_eval(
             let exp = m.explain(model, &x, Some(cls)).with_context(|| format!("method {}", m.name()))?;
             let mut got: BTreeMap<&'static str, Vec<Vec<f64>>> = BTreeMap::new();
             for &mode in modes {
-                got.insert(mode.name(), insdel::curves(model, &x, &exp.maps, Some(cls), mode, preset, a.chunk)?);
+                got.insert(mode.name(), insdel::curves(model, &x, &exp.maps, Some(cls), mode, preset, Some(batching))?);
             }
             for i in 0..len {
                 let path = &files[start + i];
@@ -319,138 +332,25 @@ fn pointing_eval(a: &EvalArgs, model: &Model, methods: &[Box<dyn Explainer>], de
     Ok(json!({ "tolerance": pointing::TOLERANCE, "boxes": boxes.display().to_string(), "methods": out }))
 }
 
-// ---------------------------------------------------------------------------------------------
-// The plot: one panel per metric, a line per method, a legend drawn with a tiny bitmap font.
-
-const COLORS: [[u8; 3]; 8] = [
-    [214, 39, 40],
-    [31, 119, 180],
-    [44, 160, 44],
-    [255, 127, 14],
-    [148, 103, 189],
-    [140, 86, 75],
-    [227, 119, 194],
-    [127, 127, 127],
-];
-
-/// 3 x 5 glyphs, rows top to bottom, 3 bits per row (MSB left).
-fn glyph(c: char) -> [u8; 5] {
-    match c {
-        'a' => [0b010, 0b101, 0b111, 0b101, 0b101],
-        'b' => [0b110, 0b101, 0b110, 0b101, 0b110],
-        'c' => [0b011, 0b100, 0b100, 0b100, 0b011],
-        'd' => [0b110, 0b101, 0b101, 0b101, 0b110],
-        'e' => [0b111, 0b100, 0b110, 0b100, 0b111],
-        'f' => [0b111, 0b100, 0b110, 0b100, 0b100],
-        'g' => [0b011, 0b100, 0b101, 0b101, 0b011],
-        'h' => [0b101, 0b101, 0b111, 0b101, 0b101],
-        'i' => [0b111, 0b010, 0b010, 0b010, 0b111],
-        'l' => [0b100, 0b100, 0b100, 0b100, 0b111],
-        'm' => [0b101, 0b111, 0b111, 0b101, 0b101],
-        'n' => [0b110, 0b101, 0b101, 0b101, 0b101],
-        'o' => [0b010, 0b101, 0b101, 0b101, 0b010],
-        'p' => [0b110, 0b101, 0b110, 0b100, 0b100],
-        'r' => [0b110, 0b101, 0b110, 0b101, 0b101],
-        's' => [0b011, 0b100, 0b010, 0b001, 0b110],
-        't' => [0b111, 0b010, 0b010, 0b010, 0b010],
-        'u' => [0b101, 0b101, 0b101, 0b101, 0b111],
-        'x' => [0b101, 0b101, 0b010, 0b101, 0b101],
-        '0' => [0b111, 0b101, 0b101, 0b101, 0b111],
-        '1' => [0b010, 0b110, 0b010, 0b010, 0b111],
-        '2' => [0b110, 0b001, 0b010, 0b100, 0b111],
-        '3' => [0b110, 0b001, 0b010, 0b001, 0b110],
-        '4' => [0b101, 0b101, 0b111, 0b001, 0b001],
-        '5' => [0b111, 0b100, 0b110, 0b001, 0b110],
-        '6' => [0b011, 0b100, 0b111, 0b101, 0b111],
-        '7' => [0b111, 0b001, 0b010, 0b010, 0b010],
-        '8' => [0b111, 0b101, 0b111, 0b101, 0b111],
-        '9' => [0b111, 0b101, 0b111, 0b001, 0b110],
-        '.' => [0, 0, 0, 0, 0b010],
-        '-' => [0, 0, 0b111, 0, 0],
-        _ => [0; 5],
-    }
-}
-
-fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, color: [u8; 3], scale: i64) {
-    for (k, c) in s.chars().enumerate() {
-        let g = glyph(c.to_ascii_lowercase());
-        for (r, bits) in g.iter().enumerate() {
-            for col in 0..3 {
-                if bits >> (2 - col) & 1 == 1 {
-                    for dy in 0..scale {
-                        for dx in 0..scale {
-                            put(img, x + (k as i64 * 4 + col) * scale + dx, y + r as i64 * scale + dy, color);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn put(img: &mut RgbImage, x: i64, y: i64, c: [u8; 3]) {
-    if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
-        img.put_pixel(x as u32, y as u32, Rgb(c));
-    }
-}
-
-/// A line two pixels thick.
-fn line(img: &mut RgbImage, (x0, y0): (f64, f64), (x1, y1): (f64, f64), c: [u8; 3]) {
-    let n = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as i64).max(1);
-    for i in 0..=n {
-        let t = i as f64 / n as f64;
-        let (x, y) = ((x0 + t * (x1 - x0)).round() as i64, (y0 + t * (y1 - y0)).round() as i64);
-        for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-            put(img, x + dx, y + dy, c);
-        }
-    }
-}
-
+/// One panel per metric, a line per method; the legend gives each method's AUCs.
 fn plot(series: &[(String, BTreeMap<&'static str, Vec<f64>>)], modes: &[Mode], path: &Path) -> Result<()> {
-    let (pw, ph, margin) = (400i64, 300i64, 40i64);
-    let legend = 24 * series.len() as i64 + 10;
-    let width = (pw + 2 * margin) * modes.len() as i64;
-    let height = ph + 2 * margin + legend;
-    let mut img = RgbImage::from_pixel(width as u32, height as u32, Rgb([255, 255, 255]));
-    let (black, grey) = ([0, 0, 0], [220, 220, 220]);
-    for (p, mode) in modes.iter().enumerate() {
-        let ox = p as i64 * (pw + 2 * margin) + margin;
-        let oy = margin;
-        let to = |fx: f64, fy: f64| (ox as f64 + fx * pw as f64, (oy + ph) as f64 - fy * ph as f64);
-        for k in 1..5 {
-            let f = k as f64 / 5.0;
-            line(&mut img, to(0.0, f), to(1.0, f), grey);
-            line(&mut img, to(f, 0.0), to(f, 1.0), grey);
-        }
-        line(&mut img, to(0.0, 0.0), to(1.0, 0.0), black);
-        line(&mut img, to(0.0, 0.0), to(0.0, 1.0), black);
-        text(&mut img, ox + pw / 2 - 40, 12, mode.name(), black, 3);
-        text(&mut img, ox - 20, oy + ph - 6, "0", black, 2);
-        text(&mut img, ox - 20, oy - 4, "1", black, 2);
-        text(&mut img, ox + pw - 4, oy + ph + 8, "1", black, 2);
-        for (j, (_, curves)) in series.iter().enumerate() {
-            if let Some(c) = curves.get(mode.name()) {
-                let n = c.len().max(2) - 1;
-                for i in 1..c.len() {
-                    let a = to((i - 1) as f64 / n as f64, c[i - 1].clamp(0.0, 1.0));
-                    let b = to(i as f64 / n as f64, c[i].clamp(0.0, 1.0));
-                    line(&mut img, a, b, COLORS[j % COLORS.len()]);
-                }
-            }
-        }
-    }
-    for (j, (name, curves)) in series.iter().enumerate() {
-        let y = ph + 2 * margin + 24 * j as i64;
-        let c = COLORS[j % COLORS.len()];
-        line(&mut img, (margin as f64, y as f64 + 6.0), (margin as f64 + 30.0, y as f64 + 6.0), c);
-        let aucs: Vec<String> =
-            modes.iter().filter_map(|m| curves.get(m.name()).map(|v| format!("{:.3}", auc(v)))).collect();
-        text(&mut img, margin + 40, y, &format!("{name} {}", aucs.join(" ")), black, 3);
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    img.save(path).with_context(|| format!("cannot write plot {}", path.display()))
+    let panels: Vec<plot::Panel> = modes
+        .iter()
+        .map(|m| plot::Panel {
+            title: m.name().into(),
+            lines: series.iter().map(|(_, c)| c.get(m.name()).cloned().unwrap_or_default()).collect(),
+            y_range: (0.0, 1.0),
+        })
+        .collect();
+    let legend: Vec<String> = series
+        .iter()
+        .map(|(name, curves)| {
+            let aucs: Vec<String> =
+                modes.iter().filter_map(|m| curves.get(m.name()).map(|v| format!("{:.3}", auc(v)))).collect();
+            format!("{name} {}", aucs.join(" "))
+        })
+        .collect();
+    plot::save(&plot::chart(&panels, &legend), path)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -545,60 +445,75 @@ pub struct BenchInsdelArgs {
     image: Option<PathBuf>,
     #[arg(long, default_value = "groupcam")]
     preset: String,
-    /// Images per forward of the batched curves (default: the device's).
+    /// Images per forward of the lanes variant (default: the model's).
     #[arg(long)]
     chunk: Option<i64>,
+    /// Lanes of the lanes variant (default: the model's).
+    #[arg(long)]
+    lanes: Option<usize>,
     #[arg(long, default_value_t = 3)]
     reps: usize,
 }
 
-/// Batched curves against one forward per step, same image, map and process, both modes.
+/// One forward per step against batched curves, in one lane with forwards of the device's
+/// single-lane chunk and with the default (or given) lanes; same image, map and process.
 pub fn bench_insdel(a: BenchInsdelArgs, device: Device) -> Result<()> {
     let model = bench_model(&a.arch, &a.weights, device)?;
     let preset: Preset = a.preset.parse()?;
     let x = bench_input(&model, &a.image, 224, device)?;
     let cls = insdel::argmax_classes(&model, &x)?;
     let map = groupcam::cam::gradcam::GradCam.explain(&model, &x, Some(&cls))?.maps;
-    let chunk = a.chunk.unwrap_or_else(|| groupcam::cam::default_chunk(device));
+    let one = Batching { chunk: groupcam::cam::default_chunk(device), lanes: 1 };
+    let lanes = batching_of(&model, a.chunk, a.lanes)?;
     println!(
-        "{} on {device:?}, {} CPU threads, preset {} ({} points), chunk {chunk}, medians of {} after a warm-up",
+        "{} on {device:?}, {} CPU threads, preset {} ({} points), one lane: chunk {}, lanes: {} x chunk {}, medians of {} after a warm-up",
         model.arch,
         tch::get_num_threads(),
         preset.name,
         preset.points(224 * 224),
+        one.chunk,
+        lanes.lanes,
+        lanes.chunk,
         a.reps
     );
     println!(
-        "| mode | batched (s) | one forward per step (s) | speed-up | AUC batched | AUC stepwise | max abs diff of curves |"
+        "| mode | one forward per step (s) | batched, one lane (s) | batched, lanes (s) | speed-up one lane | speed-up lanes | AUC stepwise | AUC lanes | max abs diff of curves |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for mode in [Mode::Insertion, Mode::Deletion] {
-        let mut batched = Vec::new();
-        let mut stepwise = Vec::new();
+        let (mut stepwise, mut single, mut multi) = (Vec::new(), Vec::new(), Vec::new());
         let t = super::time_interleaved(
             a.reps,
             &mut [
-                &mut || {
-                    batched = insdel::curves(&model, &x, &map, Some(&cls), mode, &preset, Some(chunk))?.remove(0);
-                    sync(device);
-                    Ok(())
-                },
                 &mut || {
                     stepwise = insdel::curve_stepwise(&model, &x, &map.get(0), cls[0], mode, &preset)?;
                     sync(device);
                     Ok(())
                 },
+                &mut || {
+                    single = insdel::curves(&model, &x, &map, Some(&cls), mode, &preset, Some(one))?.remove(0);
+                    sync(device);
+                    Ok(())
+                },
+                &mut || {
+                    multi = insdel::curves(&model, &x, &map, Some(&cls), mode, &preset, Some(lanes))?.remove(0);
+                    sync(device);
+                    Ok(())
+                },
             ],
         )?;
-        let d = batched.iter().zip(&stepwise).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+        let diff = |u: &[f64]| u.iter().zip(&stepwise).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
         println!(
-            "| {} | {:.3} | {:.3} | {:.2}x | {:.6} | {:.6} | {d:.1e} |",
+            "| {} | {:.3} | {:.3} | {:.3} | {:.2}x | {:.2}x | {:.6} | {:.6} | {:.1e} |",
             mode.name(),
             t[0],
             t[1],
-            t[1] / t[0],
-            auc(&batched),
-            auc(&stepwise)
+            t[2],
+            t[0] / t[1],
+            t[0] / t[2],
+            auc(&stepwise),
+            auc(&multi),
+            diff(&single).max(diff(&multi))
         );
     }
     Ok(())

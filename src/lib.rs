@@ -9,6 +9,7 @@ pub mod imageio;
 pub mod imagenet;
 pub mod models;
 pub mod ops;
+pub mod plot;
 pub mod predict;
 pub mod synth;
 pub mod train;

@@ -13,6 +13,7 @@ use groupcam::{imageio, predict};
 
 mod cli_augment;
 mod cli_eval;
+mod cli_sanity;
 mod cli_train;
 
 #[derive(Parser)]
@@ -35,6 +36,8 @@ enum Command {
     Explain(ExplainArgs),
     /// Insertion/deletion and pointing game of saliency methods (paper Sec. 4).
     Eval(cli_eval::EvalArgs),
+    /// Sanity checks (Adebayo et al.): maps of randomised models against the trained model's.
+    Sanity(cli_sanity::SanityArgs),
     /// The Group-CAM augmentation of images for their labels: augmented images and masks as PNGs.
     Augment(cli_augment::AugmentArgs),
     /// Fine-tune a classifier with the Group-CAM augmentation (paper Sec. 5) from a YAML config.
@@ -153,6 +156,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Predict(a) => predict_cmd(a, device),
         Command::Explain(a) => explain_cmd(a, device),
         Command::Eval(a) => cli_eval::eval(a, device),
+        Command::Sanity(a) => cli_sanity::sanity_cmd(a, device),
         Command::Bench(BenchCommand::Explain(a)) => bench_explain(a, device),
         Command::Bench(BenchCommand::Augment(a)) => cli_augment::bench(a, device),
         Command::Bench(BenchCommand::Train(a)) => cli_train::bench_train(a, device),

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use groupcam::cam::GroupCam;
 use groupcam::cam::gradcam::GradCam;
+use groupcam::cam::{Batching, GroupCam};
 use groupcam::eval::insdel::{self, Mode, Preset, auc};
 use groupcam::eval::pointing::{self, Coco, Tally};
 use groupcam::imageio;
@@ -90,16 +90,23 @@ fn batched_curves_equal_one_step_at_a_time() {
     let x = photos(&model);
     let maps = GradCam.explain(&model, &x, None).unwrap().maps;
     let classes = insdel::argmax_classes(&model, &x).unwrap();
-    for preset in [Preset::GROUP_CAM, Preset::RISE] {
+    // A chunk of 7 does not divide the 226 or 450 inputs: chunk edges are crossed; two lanes
+    // score interleaved chunks on two threads and must put them back in order.
+    let ways = [Batching { chunk: 7, lanes: 1 }, Batching { chunk: 3, lanes: 2 }];
+    for (preset, batching) in [Preset::GROUP_CAM, Preset::RISE].into_iter().flat_map(|p| ways.map(|b| (p, b))) {
         for mode in [Mode::Insertion, Mode::Deletion] {
-            // A chunk of 7 does not divide the 226 or 450 inputs: chunk edges are crossed.
-            let batched = insdel::curves(&model, &x, &maps, Some(&classes), mode, &preset, Some(7)).unwrap();
+            let batched = insdel::curves(&model, &x, &maps, Some(&classes), mode, &preset, Some(batching)).unwrap();
             for i in 0..2usize {
                 let xi = x.narrow(0, i as i64, 1);
                 let one = insdel::curve_stepwise(&model, &xi, &maps.get(i as i64), classes[i], mode, &preset).unwrap();
                 assert_eq!(one.len(), batched[i].len());
                 let d = one.iter().zip(&batched[i]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-                eprintln!("{} {} image {i}: max|d| {d:.2e}, AUC {:.4}", preset.name, mode.name(), auc(&one));
+                eprintln!(
+                    "{} {} {batching:?} image {i}: max|d| {d:.2e}, AUC {:.4}",
+                    preset.name,
+                    mode.name(),
+                    auc(&one)
+                );
                 assert!(d < 1e-5, "{} {}: batched and stepwise curves differ by {d}", preset.name, mode.name());
                 // Not trivially equal: the curve moves.
                 let span = one.iter().cloned().fold(f64::MIN, f64::max) - one.iter().cloned().fold(f64::MAX, f64::min);
@@ -107,6 +114,56 @@ fn batched_curves_equal_one_step_at_a_time() {
             }
         }
     }
+}
+
+/// A model with state on the Rust side: it must not be run on several threads.
+struct Logged {
+    inner: Model,
+    batches: std::sync::Mutex<Vec<(std::thread::ThreadId, i64)>>,
+}
+
+impl CamModel for Logged {
+    fn features_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.batches.lock().unwrap().push((std::thread::current().id(), x.size()[0]));
+        self.inner.features_t(x, train)
+    }
+    fn head_t(&self, a: &Tensor, train: bool) -> Tensor {
+        self.inner.head_t(a, train)
+    }
+    fn training(&self) -> bool {
+        false
+    }
+    fn set_training(&self, _: bool) {}
+    fn input_norm(&self) -> groupcam::models::Normalization {
+        self.inner.input_norm()
+    }
+    fn num_classes(&self) -> i64 {
+        self.inner.num_classes()
+    }
+    fn target_channels(&self) -> i64 {
+        self.inner.target_channels()
+    }
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+}
+
+#[test]
+fn lanes_need_a_model_that_allows_them() {
+    let logged = Logged { inner: Model::new(Arch::Resnet18, 10, Device::Cpu), batches: Default::default() };
+    let x = Tensor::randn([1, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let map = Tensor::rand([1, 32, 32], (Kind::Float, Device::Cpu));
+    let p = Preset { name: "t", step: 100, blur: Blur::RISE };
+    let two = Batching { chunk: 4, lanes: 2 };
+    insdel::curves(&logged, &x, &map, Some(&[1]), Mode::Deletion, &p, Some(two)).unwrap();
+    let b = logged.batches.lock().unwrap().clone();
+    let here = std::thread::current().id();
+    assert!(b.iter().all(|(t, _)| *t == here), "a model without `concurrent` ran on another thread");
+    assert_eq!(b.iter().map(|(_, n)| n).sum::<i64>(), p.points(32 * 32));
+    assert_eq!(Batching::default_for(&logged).lanes, 1);
+    // The crate's own models do allow them, on CPU with several threads.
+    let threads = tch::get_num_threads() as usize;
+    assert_eq!(Batching::default_for(&logged.inner).lanes, threads);
 }
 
 #[test]

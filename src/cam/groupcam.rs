@@ -9,7 +9,7 @@
 use anyhow::{Result, bail};
 use tch::{Kind, Tensor};
 
-use super::{Explanation, activations, default_chunk, finish, score_batched};
+use super::{Batching, Explanation, activations, finish, score_batched};
 use crate::models::CamModel;
 use crate::ops::{self, Blur};
 
@@ -161,13 +161,13 @@ impl GroupCam {
             Tensor::cat(&[masks.zeros_like().narrow(1, 0, 1), masks.shallow_clone()], 1).reshape([n * per, 1, mh, mw]);
         let owner = Tensor::arange(n * per, (Kind::Int64, x.device())).floor_divide_scalar(per);
         let cls = classes.index_select(0, &owner);
-        let chunk = self.chunk.unwrap_or_else(|| default_chunk(x.device()));
+        let batching = Batching::with_chunk(model, self.chunk);
         let make = |start: i64, len: i64| {
             let m = ops::minmax(&ops::upsample(&ext.narrow(0, start, len), h, w)).0.to_kind(x.kind());
             let idx = owner.narrow(0, start, len);
             let (xi, bi) = (x.index_select(0, &idx), blurred.index_select(0, &idx));
             &xi * &m + &bi * (1.0 - &m)
         };
-        score_batched(model, n * per, chunk, &cls, &make).view([n, per])
+        score_batched(model, n * per, batching, &cls, &make).view([n, per])
     }
 }

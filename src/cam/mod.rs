@@ -70,32 +70,114 @@ fn class_tensor(classes: &[i64], n: i64, num_classes: i64, device: Device) -> Re
     Ok(Tensor::from_slice(classes).to_device(device))
 }
 
+/// How perturbed inputs are scored: `chunk` images per forward, `lanes` forwards side by side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    pub chunk: i64,
+    pub lanes: usize,
+}
+
+impl Batching {
+    /// The measured defaults (BENCHMARKS.md, "Scoring lanes"). On CPU, small forwards do not keep
+    /// libtorch's intra-op threads busy: one lane per thread, each forward on one thread, with 2
+    /// images per forward, scores ResNet-50 and EfficientNet-Lite0 inputs faster than forwards of
+    /// 8 images on all threads. A model that does not allow concurrent forwards
+    /// (`CamModel::concurrent`) gets one lane with forwards of 8; CUDA one lane with forwards of 64.
+    pub fn default_for(model: &dyn CamModel) -> Batching {
+        let lanes = match model.device() {
+            Device::Cpu if model.concurrent().is_some() => tch::get_num_threads().max(1) as usize,
+            _ => 1,
+        };
+        let chunk = if lanes > 1 { 2 } else { default_chunk(model.device()) };
+        Batching { chunk, lanes }
+    }
+
+    /// The default, with `chunk` images per forward when given.
+    pub fn with_chunk(model: &dyn CamModel, chunk: Option<i64>) -> Batching {
+        let b = Batching::default_for(model);
+        Batching { chunk: chunk.unwrap_or(b.chunk), ..b }
+    }
+}
+
 /// Softmax probability of each input's class, scoring `count` inputs made by `make(start, len)`
-/// in forwards of at most `chunk` images (the chunk bounds memory; see BENCHMARKS.md for sizes).
+/// in forwards of at most `batching.chunk` images. The inputs are made on the calling thread;
+/// with several lanes (a CPU model that allows it) the forwards run on worker threads that split
+/// the intra-op threads between them.
 pub fn score_batched(
     model: &dyn CamModel,
     count: i64,
-    chunk: i64,
+    batching: Batching,
     classes_of: &Tensor,
     make: &dyn Fn(i64, i64) -> Tensor,
 ) -> Tensor {
-    tch::no_grad(|| {
-        let mut parts = Vec::new();
+    let chunk = batching.chunk.max(1);
+    let concurrent = model.concurrent().filter(|_| batching.lanes > 1 && count > chunk);
+    let Some(shared) = concurrent else {
+        return tch::no_grad(|| {
+            let mut parts = Vec::new();
+            let mut start = 0;
+            while start < count {
+                let len = chunk.min(count - start);
+                parts.push(class_probs(model, &make(start, len), &classes_of.narrow(0, start, len)));
+                start += len;
+            }
+            Tensor::cat(&parts, 0)
+        });
+    };
+    let threads = tch::get_num_threads().max(1);
+    let per_lane = (threads / batching.lanes as i32).max(1);
+    let shared = Shared(shared);
+    let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<(usize, Tensor, Tensor)>(batching.lanes);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, Tensor)>();
+    // The inputs are made here on one thread: cheap next to the forwards, and it leaves the
+    // cores to the lanes.
+    tch::set_num_threads(1);
+    let mut parts = std::thread::scope(|s| {
+        for _ in 0..batching.lanes {
+            let (jobs, done, shared) = (jobs_rx.clone(), done_tx.clone(), &shared);
+            s.spawn(move || {
+                tch::set_num_threads(per_lane);
+                let _guard = tch::no_grad_guard();
+                for (k, inputs, cls) in jobs {
+                    let _ = done.send((k, class_probs(shared.0, &inputs, &cls)));
+                }
+            });
+        }
+        drop((jobs_rx, done_tx));
         let mut start = 0;
+        let mut k = 0;
         while start < count {
             let len = chunk.min(count - start);
-            let inputs = make(start, len);
-            let probs = model.logits_eval(&inputs).softmax(-1, Kind::Float);
-            let cls = classes_of.narrow(0, start, len).unsqueeze(1);
-            parts.push(probs.gather(1, &cls, false).squeeze_dim(1));
+            let inputs = tch::no_grad(|| make(start, len));
+            if jobs_tx.send((k, inputs, classes_of.narrow(0, start, len))).is_err() {
+                break; // a lane panicked; the scope re-raises it
+            }
             start += len;
+            k += 1;
         }
-        Tensor::cat(&parts, 0)
-    })
+        drop(jobs_tx);
+        done_rx.iter().collect::<Vec<_>>()
+    });
+    // The lanes set the process-wide thread count; give the caller its own back.
+    tch::set_num_threads(threads);
+    parts.sort_by_key(|(k, _)| *k);
+    Tensor::cat(&parts.into_iter().map(|(_, p)| p).collect::<Vec<_>>(), 0)
 }
 
-/// The default number of images per scoring forward on a device: on this 2-core CPU, ResNet-50
-/// forwards of 8 images run 2.5x faster per image than one forward of 128.
+fn class_probs(model: &dyn CamModel, inputs: &Tensor, classes: &Tensor) -> Tensor {
+    let probs = model.logits_eval(inputs).softmax(-1, Kind::Float);
+    probs.gather(1, &classes.unsqueeze(1), false).squeeze_dim(1)
+}
+
+/// A model the scoring lanes share.
+struct Shared<'a>(&'a dyn crate::models::ConcurrentEval);
+// SAFETY: `ConcurrentEval` promises that `logits_eval` writes no state, and libtorch supports
+// reading the same tensors from several threads; the lanes call nothing else on the model.
+unsafe impl Send for Shared<'_> {}
+unsafe impl Sync for Shared<'_> {}
+
+/// Images per forward on a device with one lane: on this 2-core CPU, ResNet-50 forwards of 8
+/// images run 2.5x faster per image than one forward of 128.
 pub fn default_chunk(device: Device) -> i64 {
     match device {
         Device::Cpu => 8,

@@ -14,7 +14,7 @@
 use anyhow::{Result, bail};
 use tch::{Kind, Tensor};
 
-use super::{Explanation, activations, default_chunk, finish, score_batched};
+use super::{Batching, Explanation, activations, finish, score_batched};
 use crate::models::CamModel;
 use crate::ops;
 
@@ -119,7 +119,7 @@ impl Rise {
         let (n, _, h, w) = x.size4()?;
         let act = activations(model, x, classes, false)?;
         let plan = self.plan(h, w);
-        let chunk = self.chunk.unwrap_or_else(|| default_chunk(x.device()));
+        let batching = Batching::with_chunk(model, self.chunk);
         let mut sal = Tensor::zeros([n, h * w], (Kind::Float, x.device()));
         let mut start = 0;
         while start < self.masks {
@@ -133,7 +133,7 @@ impl Rise {
                 let m = masks.index_select(0, &which.narrow(0, s0, l)).to_kind(x.kind());
                 x.index_select(0, &owner.narrow(0, s0, l)) * m
             };
-            let p = score_batched(model, n * len, chunk, &cls, &make).to_kind(Kind::Float).view([n, len]);
+            let p = score_batched(model, n * len, batching, &cls, &make).to_kind(Kind::Float).view([n, len]);
             sal += p.matmul(&masks.view([len, h * w]));
             start += len;
         }

@@ -13,7 +13,7 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
-use super::{Explanation, activations, default_chunk, finish, score_batched};
+use super::{Batching, Explanation, activations, finish, score_batched};
 use crate::models::CamModel;
 use crate::ops;
 
@@ -38,7 +38,7 @@ impl ScoreCam {
         let count = idx.size()[0];
         let owner = idx.floor_divide_scalar(k);
         let cls = act.classes.index_select(0, &owner);
-        let chunk = self.chunk.unwrap_or_else(|| default_chunk(x.device()));
+        let batching = Batching::with_chunk(model, self.chunk);
         let make = |start: i64, len: i64| {
             let sel = maps.index_select(0, &idx.narrow(0, start, len));
             let m = ops::minmax(&ops::upsample(&sel, h, w)).0.to_kind(x.kind());
@@ -46,7 +46,7 @@ impl ScoreCam {
         };
         let mut scores = Tensor::zeros([n * k], (Kind::Float, x.device()));
         if count > 0 {
-            let s = score_batched(model, count, chunk, &cls, &make).to_kind(Kind::Float);
+            let s = score_batched(model, count, batching, &cls, &make).to_kind(Kind::Float);
             let _ = scores.index_put_(&[Some(idx.shallow_clone())], &s, false);
         }
         let weights = scores.view([n, k, 1, 1]);

@@ -17,7 +17,7 @@ use std::str::FromStr;
 use anyhow::{Result, bail};
 use tch::{Kind, Tensor};
 
-use crate::cam::{default_chunk, score_batched};
+use crate::cam::{Batching, score_batched};
 use crate::models::CamModel;
 use crate::ops::Blur;
 
@@ -124,8 +124,8 @@ fn check(x: &Tensor, maps: &Tensor, classes: &[i64]) -> Result<(i64, i64, i64)> 
 }
 
 /// Insertion or deletion curves of a normalised N x 3 x H x W batch and its N x H x W maps, for
-/// `classes` (the clean argmax when `None`): all N x points inputs in forwards of `chunk` images
-/// (the device's default when `None`).
+/// `classes` (the clean argmax when `None`): all N x points inputs scored in batched forwards
+/// (`Batching::default_for` the model when `None`).
 pub fn curves(
     model: &dyn CamModel,
     x: &Tensor,
@@ -133,7 +133,7 @@ pub fn curves(
     classes: Option<&[i64]>,
     mode: Mode,
     preset: &Preset,
-    chunk: Option<i64>,
+    batching: Option<Batching>,
 ) -> Result<Vec<Vec<f64>>> {
     let classes = match classes {
         Some(c) => c.to_vec(),
@@ -155,8 +155,8 @@ pub fn curves(
         let moved = ranks.index_select(0, &idx).lt_tensor(&thr);
         finish.index_select(0, &idx).where_self(&moved, &start.index_select(0, &idx))
     };
-    let chunk = chunk.unwrap_or_else(|| default_chunk(dev));
-    let p = score_batched(model, n * points, chunk, &cls, &make).to_kind(Kind::Double).view([n, points]);
+    let batching = batching.unwrap_or_else(|| Batching::default_for(model));
+    let p = score_batched(model, n * points, batching, &cls, &make).to_kind(Kind::Double).view([n, points]);
     let p = Vec::<f64>::try_from(p.to_device(tch::Device::Cpu).flatten(0, -1))?;
     Ok(p.chunks(points as usize).map(|c| c.to_vec()).collect())
 }

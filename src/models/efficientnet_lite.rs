@@ -4,7 +4,7 @@
 
 use tch::{Tensor, nn};
 
-use super::Backbone;
+use super::{Backbone, Layer};
 
 /// One stage: repeats, kernel, stride of its first block, expansion, input and output widths
 /// (the `r1_k3_s11_e1_i32_o16` strings of the TF builder).
@@ -166,5 +166,13 @@ impl Backbone for EfficientNetLite {
 
     fn target_channels(&self) -> i64 {
         self.channels
+    }
+
+    fn layers(&self) -> Vec<Layer> {
+        let mut out = vec![Layer::of(&["_conv_stem", "_bn0"])];
+        out.extend((0..self.blocks.len()).map(|i| Layer::at(format!("_blocks.{i}"))));
+        out.push(Layer::of(&["_conv_head", "_bn1"]));
+        out.push(Layer::at("_fc"));
+        out
     }
 }

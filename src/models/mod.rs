@@ -43,7 +43,19 @@ pub trait CamModel {
     fn logits_eval(&self, x: &Tensor) -> Tensor {
         self.head_t(&self.features_t(x, false), false)
     }
+    /// The model as one whose `logits_eval` may run on several threads at once, if it is one;
+    /// the CPU scoring lanes (`cam::Batching`) need it.
+    fn concurrent(&self) -> Option<&dyn ConcurrentEval> {
+        None
+    }
 }
+
+/// A model whose `logits_eval` may run on several threads at the same time.
+///
+/// # Safety
+/// `logits_eval` must write no state: no interior mutability on the Rust side and no in-place
+/// update of a tensor (reads of the same tensors from several threads are safe in libtorch).
+pub unsafe trait ConcurrentEval: CamModel {}
 
 /// x_norm = (x - mean) / std per RGB channel, x in [0, 1].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -144,6 +156,33 @@ pub trait Backbone: Send {
     fn features_t(&self, x: &Tensor, train: bool) -> Tensor;
     fn head_t(&self, a: &Tensor, train: bool) -> Tensor;
     fn target_channels(&self) -> i64;
+    /// The network's layers with parameters, input to output: the units the sanity checks
+    /// randomise (a conv with its BatchNorm, a residual or MBConv block, a linear layer).
+    fn layers(&self) -> Vec<Layer>;
+}
+
+/// A unit of a network: its name and the state-dict prefixes of its variables (each ends with '.').
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub name: String,
+    pub prefixes: Vec<String>,
+}
+
+impl Layer {
+    /// A unit whose variables all live under `name.`.
+    pub fn at(name: impl Into<String>) -> Layer {
+        let name = name.into();
+        Layer { prefixes: vec![format!("{name}.")], name }
+    }
+
+    /// A unit made of several modules (a conv and its BatchNorm), named after the first.
+    pub fn of(modules: &[&str]) -> Layer {
+        Layer { name: modules[0].to_string(), prefixes: modules.iter().map(|m| format!("{m}.")).collect() }
+    }
+
+    pub fn owns(&self, var: &str) -> bool {
+        self.prefixes.iter().any(|p| var.starts_with(p.as_str()))
+    }
 }
 
 /// A classifier with its variables, its architecture and its mode.
@@ -188,6 +227,13 @@ impl Model {
     }
 }
 
+impl Model {
+    /// The layers with parameters, input to output (see `Backbone::layers`).
+    pub fn layers(&self) -> Vec<Layer> {
+        self.net.layers()
+    }
+}
+
 impl CamModel for Model {
     fn features_t(&self, x: &Tensor, train: bool) -> Tensor {
         self.net.features_t(x, train)
@@ -213,4 +259,11 @@ impl CamModel for Model {
     fn device(&self) -> Device {
         self.vs.device()
     }
+    fn concurrent(&self) -> Option<&dyn ConcurrentEval> {
+        Some(self)
+    }
 }
+
+// SAFETY: an eval-mode forward of these networks reads their parameters and BatchNorm
+// statistics and writes nothing (the mode flag is not touched by `logits_eval`).
+unsafe impl ConcurrentEval for Model {}

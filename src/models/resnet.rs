@@ -3,7 +3,7 @@
 
 use tch::{Tensor, nn};
 
-use super::Backbone;
+use super::{Backbone, Layer};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -146,5 +146,14 @@ impl Backbone for ResNet {
 
     fn target_channels(&self) -> i64 {
         self.channels
+    }
+
+    fn layers(&self) -> Vec<Layer> {
+        let mut out = vec![Layer::of(&["conv1", "bn1"])];
+        for (i, stage) in self.stages.iter().enumerate() {
+            out.extend((0..stage.len()).map(|b| Layer::at(format!("layer{}.{b}", i + 1))));
+        }
+        out.push(Layer::at("fc"));
+        out
     }
 }

@@ -3,7 +3,7 @@
 
 use tch::{Tensor, nn};
 
-use super::Backbone;
+use super::{Backbone, Layer};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -76,5 +76,17 @@ impl Backbone for Vgg {
 
     fn target_channels(&self) -> i64 {
         512
+    }
+
+    fn layers(&self) -> Vec<Layer> {
+        let mut out = Vec::new();
+        let mut index = 0;
+        for (pool_first, _) in &self.convs {
+            index += *pool_first as usize; // the MaxPool before this conv
+            out.push(Layer::at(format!("features.{index}")));
+            index += 2; // conv, ReLU
+        }
+        out.extend(["classifier.0", "classifier.3", "classifier.6"].map(Layer::at));
+        out
     }
 }
