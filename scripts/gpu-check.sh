@@ -37,9 +37,10 @@ step "$bin" --device cuda bench train --batch 64
 step "$bin" synth --out "$out/synth"
 step "$bin" finetune --quiet --config configs/demo.yaml --set data.root="$out/synth" --set train.device=cuda --out "$out/run"
 cp "$out/run/report.md" "$out/finetune-report.md"; rm -rf "$out/synth" "$out/run"
-# Further benches register here as they land (augment, methods).
-for b in augment methods; do
-  if "$bin" bench --help | grep -q "^  $b"; then step "$bin" --device cuda bench "$b"; fi
-done
+step "$bin" --device cuda bench augment
+step "$bin" --device cuda bench methods --weights "$w" --image tests/data/coffee.png
+# Issue 5's GPU goal: batched insertion/deletion >= 10x one forward per step.
+step "$bin" --device cuda bench insdel --weights "$w" --image tests/data/coffee.png --reps 5
+step "$bin" --device cuda sanity --arch efficientnet-lite0 --weights "$w" --images tests/data/chelsea.png tests/data/coffee.png --methods groupcam,gradcam --json "$out/sanity.json" --figure "$out/sanity.png"
 rm -rf "$out/cuda" "$out/cpu"
 echo "done; log in $log"

@@ -53,7 +53,8 @@ pub fn chart(panels: &[Panel], legend: &[String]) -> RgbImage {
         text(&mut img, ox - 36, oy - 4, &short(hi), BLACK, 2);
         for (j, values) in panel.lines.iter().enumerate() {
             let n = values.len().max(2) - 1;
-            for i in 1..values.len() {
+            // A NaN (an undefined value) leaves a gap.
+            for i in (1..values.len()).filter(|&i| values[i - 1].is_finite() && values[i].is_finite()) {
                 let a = to((i - 1) as f64 / n as f64, fy(values[i - 1]));
                 let b = to(i as f64 / n as f64, fy(values[i]));
                 line(&mut img, a, b, COLORS[j % COLORS.len()]);
