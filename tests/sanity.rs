@@ -128,3 +128,45 @@ fn independent_randomisation_changes_one_layer_at_a_time() {
     let direct = GradCam.explain(check.set(&[idx]).unwrap(), &x, Some(&classes)).unwrap().maps;
     assert!(max_abs_diff(&direct, &steps[k].maps) < 1e-6);
 }
+
+#[test]
+fn cli_sanity_writes_correlations_and_a_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (json, fig) = (dir.path().join("s.json"), dir.path().join("s.png"));
+    let w = effnet_weights();
+    let cat = photo("chelsea.png");
+    let base = ["sanity", "--arch", "efficientnet-lite0", "--weights", s(&w), "--images", s(&cat)];
+    let out = bin()
+        .args(["--device", "cpu"])
+        .args(base)
+        .args(["--methods", "gradcam", "--json", s(&json), "--figure", s(&fig)])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("| step | layer | cascade | independent |") && stdout.contains("| 1 | _fc |"), "{stdout}");
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(j["layers_input_to_output"].as_array().unwrap().len(), 19);
+    let class = j["images"][0]["class"].as_i64().unwrap();
+    assert!((281..=285).contains(&class), "the trained model's class {class} is not a domestic cat");
+    for mode in ["cascade", "independent"] {
+        let steps = j["methods"]["gradcam"][mode].as_array().unwrap();
+        assert_eq!(steps.len(), 19);
+        assert_eq!(steps[0]["layer"], "_fc");
+        let last = &steps[18];
+        let n = if mode == "cascade" { 19 } else { 1 };
+        assert_eq!(last["randomized"].as_array().unwrap().len(), n);
+        let per: Vec<Option<f64>> = serde_json::from_value(last["spearman"].clone()).unwrap();
+        assert_eq!(per.len(), 1);
+        assert_eq!(last["mean_spearman"].as_f64(), per[0]);
+    }
+    let png = image::open(&fig).unwrap().to_rgb8();
+    // The chart, then one strip (title, captions, 96-pixel tiles) per mode.
+    assert!(png.height() > 300 + 2 * 96, "{}x{}", png.width(), png.height());
+    assert!(png.width() >= 20 * 96, "a strip of the trained map and 19 steps: {}", png.width());
+
+    let bad = bin().args(base).args(["--modes", "cascade,shuffle", "--json", s(&json)]).output().unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("unknown randomisation 'shuffle'"), "{err}");
+}
