@@ -11,8 +11,8 @@
 //! same target throughout), and its maps are compared with the trained model's maps by Spearman
 //! rank correlation, image by image. A randomised layer takes the values a freshly built network
 //! of the same architecture gets from its own initialisers (PyTorch's defaults, BatchNorm
-//! statistics reset), drawn once from `seed`, so that step k of both schedules uses the same
-//! random values for a layer.
+//! statistics reset), drawn once from `seed` (through torch's global generator, which this
+//! reseeds), so that both schedules use the same random values for a layer.
 
 use std::collections::HashMap;
 use std::str::FromStr;

@@ -225,9 +225,7 @@ impl Model {
         weights::assign(&mut model.vs, tensors, path, arch)?;
         Ok(model)
     }
-}
 
-impl Model {
     /// The layers with parameters, input to output (see `Backbone::layers`).
     pub fn layers(&self) -> Vec<Layer> {
         self.net.layers()
