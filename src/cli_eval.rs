@@ -149,12 +149,17 @@ pub fn eval(a: EvalArgs, device: Device) -> Result<()> {
     if pointing_on {
         report["pointing"] = pointing_eval(&a, &model, &methods, device)?;
     }
-    if let Some(dir) = a.json.parent().filter(|d| !d.as_os_str().is_empty()) {
+    write_json(&report, &a.json)
+}
+
+/// Writes a command's results (pretty JSON), creating the directory, and says where.
+pub(crate) fn write_json(value: &Value, path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    std::fs::write(&a.json, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("cannot write {}", a.json.display()))?;
-    println!("results: {}", a.json.display());
+    std::fs::write(path, serde_json::to_string_pretty(value)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("results: {}", path.display());
     Ok(())
 }
 

@@ -117,8 +117,7 @@ pub fn sanity_cmd(a: SanityArgs, device: Device) -> Result<()> {
         for row in &table {
             println!("| {} |", row.join(" | "));
         }
-        let constant: Vec<bool> = reference.constant.clone();
-        per_mode.insert("trained_constant_map".into(), json!(constant));
+        per_mode.insert("trained_constant_map".into(), json!(reference.constant));
         report.insert(m.name().into(), Value::Object(per_mode));
         panels.push(plot::Panel { title: m.name().into(), lines, y_range: (-1.0, 1.0) });
     }
@@ -135,12 +134,7 @@ pub fn sanity_cmd(a: SanityArgs, device: Device) -> Result<()> {
         "images": images,
         "methods": report,
     });
-    if let Some(dir) = a.json.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::write(&a.json, serde_json::to_string_pretty(&out)?)
-        .with_context(|| format!("cannot write {}", a.json.display()))?;
-    println!("results: {}", a.json.display());
+    super::cli_eval::write_json(&out, &a.json)?;
     if let Some(p) = &a.figure {
         let legend: Vec<String> = modes.iter().map(|m| m.name().to_string()).collect();
         let mut parts = vec![plot::chart(&panels, &legend)];
