@@ -2,9 +2,13 @@
 //! backprop-free training-time augmentation built on the same core.
 
 pub mod augment;
+pub mod bench;
 pub mod cam;
+pub mod choice;
 pub mod data;
 pub mod eval;
+pub mod explain;
+pub mod files;
 pub mod imageio;
 pub mod imagenet;
 pub mod models;
@@ -14,7 +18,7 @@ pub mod predict;
 pub mod synth;
 pub mod train;
 
-pub use cam::{Explanation, GroupCam};
+pub use cam::{Explainer, Explanation, GroupCam};
 pub use models::{Arch, CamModel, Model};
 
 /// The device to run on: the first CUDA device when libtorch sees one, else the CPU.
@@ -44,4 +48,17 @@ pub fn parse_device(s: &str) -> anyhow::Result<tch::Device> {
             Device::Cuda(i)
         }
     })
+}
+
+/// What `groupcam doctor` prints: the build, the libtorch linked, CUDA and CPU threads.
+pub fn doctor() -> String {
+    let version = option_env!("GROUPCAM_LIBTORCH_VERSION").unwrap_or("unknown");
+    format!(
+        "groupcam {}\nlibtorch {version}\ncuda available: {}\ncudnn available: {}\ncuda devices: {}\ncpu threads: {}\n",
+        env!("CARGO_PKG_VERSION"),
+        tch::Cuda::is_available(),
+        tch::Cuda::cudnn_is_available(),
+        tch::Cuda::device_count(),
+        tch::get_num_threads()
+    )
 }

@@ -13,6 +13,17 @@ pub enum Threshold {
     BatchMean,
 }
 
+impl Threshold {
+    pub const ALL: [Threshold; 2] = [Threshold::ImageMean, Threshold::BatchMean];
+    pub fn name(self) -> &'static str {
+        match self {
+            Threshold::ImageMean => "image",
+            Threshold::BatchMean => "batch",
+        }
+    }
+}
+crate::choice!(Threshold);
+
 impl std::str::FromStr for Threshold {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {

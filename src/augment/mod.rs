@@ -44,6 +44,7 @@
 //! one-pixel shift of the input changes.
 
 mod mask;
+pub mod preview;
 
 pub use mask::{Threshold, binarize, compose};
 
@@ -64,6 +65,17 @@ pub enum Precision {
     /// bfloat16 is not offered.
     F16Autocast,
 }
+
+impl Precision {
+    pub const ALL: [Precision; 2] = [Precision::F32, Precision::F16Autocast];
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16Autocast => "f16",
+        }
+    }
+}
+crate::choice!(Precision);
 
 impl std::str::FromStr for Precision {
     type Err = anyhow::Error;

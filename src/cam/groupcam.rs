@@ -9,7 +9,7 @@
 use anyhow::{Result, bail};
 use tch::{Kind, Tensor};
 
-use super::{Batching, Explanation, activations, finish, score_batched};
+use super::{Batching, Explainer, Explanation, activations, finish, score_batched};
 use crate::models::CamModel;
 use crate::ops::{self, Blur};
 
@@ -18,6 +18,17 @@ pub enum Variant {
     Official,
     Paper,
 }
+
+impl Variant {
+    pub const ALL: [Variant; 2] = [Variant::Official, Variant::Paper];
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Official => "official",
+            Variant::Paper => "paper",
+        }
+    }
+}
+crate::choice!(Variant);
 
 impl std::str::FromStr for Variant {
     type Err = anyhow::Error;
@@ -64,15 +75,20 @@ impl Default for GroupCam {
     }
 }
 
-impl GroupCam {
-    /// Explains a normalised N x 3 x H x W batch for `classes` (the argmax when `None`).
-    /// All N x (G + 1) scoring inputs share chunked forwards; the result equals N single calls.
-    pub fn explain(&self, model: &dyn CamModel, x: &Tensor, classes: Option<&[i64]>) -> Result<Explanation> {
+/// All N x (G + 1) scoring inputs share chunked forwards; the result equals N single calls.
+impl Explainer for GroupCam {
+    fn name(&self) -> &'static str {
+        "groupcam"
+    }
+
+    fn explain(&self, model: &dyn CamModel, x: &Tensor, classes: Option<&[i64]>) -> Result<Explanation> {
         let (_, _, h, w) = x.size4()?;
         self.blur.check(h, w)?;
         self.explain_against(model, x, &self.blur.apply(x)?, classes, (h, w))
     }
+}
 
+impl GroupCam {
     /// `explain` with the baseline `blurred` = blur(x) given (the augmentation composes its
     /// output from the same blurred batch, so the crate blurs once), scoring the masked inputs
     /// resized to `score_hw`. The masks and the map keep the activations' geometry at full

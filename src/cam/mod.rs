@@ -15,6 +15,38 @@ use crate::models::CamModel;
 use crate::ops;
 
 pub use groupcam::{ChannelWeights, GroupCam, Variant};
+pub use methods::{Method, MethodOptions};
+
+/// A saliency method: maps in [0, 1] (N x H x W) for a normalised N x 3 x H x W batch, for
+/// `classes` (the argmax when `None`).
+pub trait Explainer {
+    fn name(&self) -> &'static str;
+    fn explain(&self, model: &dyn CamModel, x: &Tensor, classes: Option<&[i64]>) -> Result<Explanation>;
+}
+
+/// A gradient CAM (pytorch-grad-cam's `BaseCAM`): the method says only how it weights the
+/// target layer's channels from A and dlogit_c/dA (`get_cam_weights`); the map is
+/// minmax(up(ReLU(sum_k w_k A^k))), written once in [`Explainer::explain`] below.
+pub trait GradientCam {
+    fn name(&self) -> &'static str;
+    /// N x K x 1 x 1 channel weights from the activations A and their gradient (both N x K x h x w).
+    fn weights(&self, a: &Tensor, grad: &Tensor) -> Tensor;
+}
+
+impl<T: GradientCam> Explainer for T {
+    fn name(&self) -> &'static str {
+        GradientCam::name(self)
+    }
+    fn explain(&self, model: &dyn CamModel, x: &Tensor, classes: Option<&[i64]>) -> Result<Explanation> {
+        let (_, _, h, w) = x.size4()?;
+        let act = activations(model, x, classes, true)?;
+        let grad = act.grad.as_ref().expect("activations were asked for a gradient");
+        let a = act.a.to_kind(Kind::Float);
+        let weights = self.weights(&a, grad);
+        let cam = (a * weights).sum_dim_intlist(1, true, Kind::Float).relu();
+        finish(&ops::upsample(&cam, h, w).squeeze_dim(1), &act.classes)
+    }
+}
 
 /// Saliency maps for a batch: N x H x W in [0, 1].
 #[derive(Debug)]
@@ -96,6 +128,15 @@ impl Batching {
     pub fn with_chunk(model: &dyn CamModel, chunk: Option<i64>) -> Batching {
         let b = Batching::default_for(model);
         Batching { chunk: chunk.unwrap_or(b.chunk), ..b }
+    }
+
+    /// The default, with the chunk and lane count given; each must be at least 1.
+    pub fn with_options(model: &dyn CamModel, chunk: Option<i64>, lanes: Option<usize>) -> Result<Batching> {
+        if chunk.is_some_and(|c| c < 1) || lanes == Some(0) {
+            bail!("the chunk and the lane count must be at least 1");
+        }
+        let b = Batching::with_chunk(model, chunk);
+        Ok(Batching { lanes: lanes.unwrap_or(b.lanes), ..b })
     }
 }
 

@@ -14,7 +14,7 @@
 use anyhow::{Result, bail};
 use tch::{Kind, Tensor};
 
-use super::{Batching, Explanation, activations, finish, score_batched};
+use super::{Batching, Explainer, Explanation, activations, finish, score_batched};
 use crate::models::CamModel;
 use crate::ops;
 
@@ -112,9 +112,18 @@ impl Rise {
             .collect();
         Tensor::stack(&crops, 0)
     }
+}
 
-    /// Explains a normalised N x 3 x H x W batch for `classes` (the argmax when `None`).
-    pub fn explain(&self, model: &dyn CamModel, x: &Tensor, classes: Option<&[i64]>) -> Result<Explanation> {
+fn cell(size: i64, s: i64) -> i64 {
+    (size + s - 1) / s
+}
+
+impl Explainer for Rise {
+    fn name(&self) -> &'static str {
+        "rise"
+    }
+
+    fn explain(&self, model: &dyn CamModel, x: &Tensor, classes: Option<&[i64]>) -> Result<Explanation> {
         self.check()?;
         let (n, _, h, w) = x.size4()?;
         let act = activations(model, x, classes, false)?;
@@ -140,8 +149,4 @@ impl Rise {
         let sal = sal / (self.masks as f64 * self.keep);
         finish(&sal.view([n, h, w]), &act.classes)
     }
-}
-
-fn cell(size: i64, s: i64) -> i64 {
-    (size + s - 1) / s
 }

@@ -13,7 +13,7 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
-use super::{Batching, Explanation, activations, finish, score_batched};
+use super::{Batching, Explainer, Explanation, activations, finish, score_batched};
 use crate::models::CamModel;
 use crate::ops;
 
@@ -23,9 +23,12 @@ pub struct ScoreCam {
     pub chunk: Option<i64>,
 }
 
-impl ScoreCam {
-    /// Explains a normalised N x 3 x H x W batch for `classes` (the argmax when `None`).
-    pub fn explain(&self, model: &dyn CamModel, x: &Tensor, classes: Option<&[i64]>) -> Result<Explanation> {
+impl Explainer for ScoreCam {
+    fn name(&self) -> &'static str {
+        "scorecam"
+    }
+
+    fn explain(&self, model: &dyn CamModel, x: &Tensor, classes: Option<&[i64]>) -> Result<Explanation> {
         let (n, _, h, w) = x.size4()?;
         let act = activations(model, x, classes, false)?;
         let a = act.a.to_kind(Kind::Float);

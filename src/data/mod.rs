@@ -16,8 +16,6 @@ use tch::{Kind, Tensor};
 
 use crate::models::Normalization;
 
-const EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
-
 /// Samples of a folder whose sub-folders are the classes, in sorted order (torchvision's
 /// `ImageFolder`): class i is the i-th sub-folder name.
 #[derive(Clone, Debug)]
@@ -41,14 +39,8 @@ impl ImageFolder {
         let classes: Vec<String> = classes.into_iter().collect();
         let mut samples = Vec::new();
         for (i, c) in classes.iter().enumerate() {
-            let mut files: Vec<PathBuf> = walk(&root.join(c))?
-                .into_iter()
-                .filter(|p| {
-                    p.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-                })
-                .collect();
+            let mut files: Vec<PathBuf> =
+                walk(&root.join(c))?.into_iter().filter(|p| crate::files::is_image(p)).collect();
             files.sort();
             samples.extend(files.into_iter().map(|f| (f, i as i64)));
         }

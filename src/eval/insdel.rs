@@ -12,14 +12,18 @@
 //! scored in chunked batched forwards; `curve_stepwise` is the one-forward-per-step loop of the
 //! reference code, for tests and the benchmark.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
 use tch::{Kind, Tensor};
 
-use crate::cam::{Batching, score_batched};
+use crate::cam::{Batching, Explainer, score_batched};
 use crate::models::CamModel;
 use crate::ops::Blur;
+use crate::{imageio, plot};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -58,13 +62,22 @@ impl Preset {
     }
 }
 
+impl Preset {
+    pub const ALL: [Preset; 2] = [Preset::GROUP_CAM, Preset::RISE];
+}
+
+impl crate::choice::Choice for Preset {
+    fn names() -> Vec<&'static str> {
+        Preset::ALL.iter().map(|p| p.name).collect()
+    }
+}
+
 impl FromStr for Preset {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "groupcam" => Ok(Preset::GROUP_CAM),
-            "rise" => Ok(Preset::RISE),
-            _ => bail!("unknown preset '{s}' (expected groupcam or rise)"),
+        match Preset::ALL.into_iter().find(|p| p.name == s) {
+            Some(p) => Ok(p),
+            None => bail!("unknown preset '{s}' (expected groupcam or rise)"),
         }
     }
 }
@@ -197,4 +210,209 @@ pub fn curve_stepwise(
 pub fn mean_curve(curves: &[Vec<f64>]) -> Vec<f64> {
     let Some(first) = curves.first() else { return Vec::new() };
     (0..first.len()).map(|i| curves.iter().map(|c| c[i]).sum::<f64>() / curves.len() as f64).collect()
+}
+
+/// How `evaluate` runs.
+#[derive(Clone, Debug)]
+pub struct InsdelOptions {
+    pub modes: Vec<Mode>,
+    pub preset: Preset,
+    /// Input size in pixels (images are resized and cropped as for evaluation).
+    pub input_size: u32,
+    /// How the perturbed inputs are scored.
+    pub batching: Batching,
+    /// Images explained and scored together.
+    pub batch: usize,
+    /// Write each method's maps (.npy and an overlay .png) under DIR/METHOD/.
+    pub save_maps: Option<PathBuf>,
+}
+
+/// Insertion/deletion of several methods over the same images: per image the class (the
+/// clean argmax), each curve and its AUC; per method the mean curve, the mean AUCs and the
+/// over-all score (insertion - deletion).
+#[derive(Clone, Debug, Serialize)]
+pub struct InsdelReport {
+    pub preset: &'static str,
+    pub pixels_per_step: i64,
+    pub points: i64,
+    pub images: usize,
+    #[serde(serialize_with = "by_name")]
+    pub methods: Vec<MethodInsdel>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MethodInsdel {
+    #[serde(skip)]
+    pub name: &'static str,
+    pub mean_auc: MeanAuc,
+    pub mean_curves: BTreeMap<&'static str, Vec<f64>>,
+    pub seconds: f64,
+    pub images: Vec<ImageInsdel>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct MeanAuc {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insertion: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<f64>,
+    /// Insertion - deletion, when both were measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overall: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageInsdel {
+    pub image: String,
+    pub class: i64,
+    pub class_name: String,
+    pub constant_map: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insertion_auc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insertion_curve: Option<Vec<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion_auc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion_curve: Option<Vec<f64>>,
+}
+
+fn by_name<S: serde::Serializer>(methods: &[MethodInsdel], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_map(methods.iter().map(|m| (m.name, m)))
+}
+
+/// Explains `files` with each method (for the clean argmax class) and measures its curves.
+/// Every image is decoded before any work, so a bad one fails the run first.
+pub fn evaluate(
+    model: &dyn CamModel,
+    methods: &[Box<dyn Explainer>],
+    files: &[PathBuf],
+    opts: &InsdelOptions,
+) -> Result<InsdelReport> {
+    let size = opts.input_size;
+    let (x_all, photos) = imageio::load_batch(files, size, &model.input_norm())?;
+    let x_all = x_all.to_device(model.device());
+    let classes = argmax_classes(model, &x_all)?;
+    let batch = opts.batch.max(1);
+    let mut out = Vec::new();
+    for m in methods {
+        let mut rows = Vec::new();
+        let mut curves: BTreeMap<&'static str, Vec<Vec<f64>>> = BTreeMap::new();
+        let started = std::time::Instant::now();
+        for start in (0..files.len()).step_by(batch) {
+            let len = batch.min(files.len() - start);
+            let x = x_all.narrow(0, start as i64, len as i64);
+            let cls = &classes[start..start + len];
+            let exp = m.explain(model, &x, Some(cls)).with_context(|| format!("method {}", m.name()))?;
+            let mut got: BTreeMap<&'static str, Vec<Vec<f64>>> = BTreeMap::new();
+            for &mode in &opts.modes {
+                got.insert(mode.name(), curves_of(model, &x, &exp.maps, cls, mode, opts)?);
+            }
+            for i in 0..len {
+                let path = &files[start + i];
+                let mut row = ImageInsdel {
+                    image: path.display().to_string(),
+                    class: cls[i],
+                    class_name: crate::imagenet::class_name(cls[i]),
+                    constant_map: exp.constant[i],
+                    insertion_auc: None,
+                    insertion_curve: None,
+                    deletion_auc: None,
+                    deletion_curve: None,
+                };
+                for (&mode, c) in &got {
+                    let (auc_slot, curve_slot) = match mode {
+                        "insertion" => (&mut row.insertion_auc, &mut row.insertion_curve),
+                        _ => (&mut row.deletion_auc, &mut row.deletion_curve),
+                    };
+                    (*auc_slot, *curve_slot) = (Some(auc(&c[i])), Some(c[i].clone()));
+                    curves.entry(mode).or_default().push(c[i].clone());
+                }
+                rows.push(row);
+                if let Some(dir) = &opts.save_maps {
+                    let d = dir.join(m.name());
+                    crate::files::create_dir(&d)?;
+                    let stem = crate::files::unique_stem(path, start + i, files);
+                    let map = exp.maps.get(i as i64).to_device(tch::Device::Cpu);
+                    imageio::write_npy(&map, &d.join(format!("{stem}.npy")))?;
+                    let png = d.join(format!("{stem}.png"));
+                    imageio::overlay(&photos.get((start + i) as i64), &map)?
+                        .save(&png)
+                        .with_context(|| format!("cannot write {}", png.display()))?;
+                }
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let mean_of = |mode: &str| curves.get(mode).map(|v| v.iter().map(|c| auc(c)).sum::<f64>() / v.len() as f64);
+        let (insertion, deletion) = (mean_of("insertion"), mean_of("deletion"));
+        let overall = insertion.zip(deletion).map(|(i, d)| i - d);
+        out.push(MethodInsdel {
+            name: m.name(),
+            mean_auc: MeanAuc { insertion, deletion, overall },
+            mean_curves: curves.iter().map(|(&k, v)| (k, mean_curve(v))).collect(),
+            seconds,
+            images: rows,
+        });
+    }
+    let pixels = (size * size) as i64;
+    Ok(InsdelReport {
+        preset: opts.preset.name,
+        pixels_per_step: opts.preset.step,
+        points: opts.preset.points(pixels),
+        images: files.len(),
+        methods: out,
+    })
+}
+
+fn curves_of(
+    model: &dyn CamModel,
+    x: &Tensor,
+    maps: &Tensor,
+    cls: &[i64],
+    mode: Mode,
+    opts: &InsdelOptions,
+) -> Result<Vec<Vec<f64>>> {
+    curves(model, x, maps, Some(cls), mode, &opts.preset, Some(opts.batching))
+}
+
+impl InsdelReport {
+    /// The summary the CLI prints: a line on the protocol and a table of mean AUCs (%).
+    pub fn table(&self) -> String {
+        let fmt = |v: Option<f64>| v.map(|v| format!("{:.2}", v * 100.0)).unwrap_or_else(|| "-".into());
+        let mut s = format!(
+            "{} images, preset {} ({} px/step, {} points)\n",
+            self.images, self.preset, self.pixels_per_step, self.points
+        );
+        s += "| method | insertion (%) | deletion (%) | over-all (%) |\n|---|---|---|---|\n";
+        for m in &self.methods {
+            let a = m.mean_auc;
+            s += &format!("| {} | {} | {} | {} |\n", m.name, fmt(a.insertion), fmt(a.deletion), fmt(a.overall));
+        }
+        s
+    }
+
+    /// One panel per mode, a line per method (its mean curve); the legend gives each method's
+    /// AUCs of the mean curves.
+    pub fn plot(&self, modes: &[Mode], path: &Path) -> Result<()> {
+        let panels: Vec<plot::Panel> = modes
+            .iter()
+            .map(|m| plot::Panel {
+                title: m.name().into(),
+                lines: self.methods.iter().map(|s| s.mean_curves.get(m.name()).cloned().unwrap_or_default()).collect(),
+                y_range: (0.0, 1.0),
+            })
+            .collect();
+        let legend: Vec<String> = self
+            .methods
+            .iter()
+            .map(|s| {
+                let aucs: Vec<String> = modes
+                    .iter()
+                    .filter_map(|m| s.mean_curves.get(m.name()).map(|v| format!("{:.3}", auc(v))))
+                    .collect();
+                format!("{} {}", s.name, aucs.join(" "))
+            })
+            .collect();
+        plot::save(&plot::chart(&panels, &legend), path)
+    }
 }

@@ -7,8 +7,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
+
+use crate::cam::Explainer;
+use crate::imageio;
+use crate::models::CamModel;
 
 /// The tolerance of Zhang et al., in pixels of the original image.
 pub const TOLERANCE: f64 = 15.0;
@@ -122,5 +126,112 @@ impl Tally {
     pub fn mean_accuracy(&self) -> Option<f64> {
         let acc = self.accuracies();
         if acc.is_empty() { None } else { Some(acc.values().sum::<f64>() / acc.len() as f64) }
+    }
+}
+
+/// The pointing game of several methods on the images of a COCO file.
+#[derive(Clone, Debug, Serialize)]
+pub struct PointingReport {
+    pub tolerance: f64,
+    /// The boxes file.
+    pub boxes: String,
+    #[serde(serialize_with = "by_name")]
+    pub methods: Vec<MethodPointing>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MethodPointing {
+    #[serde(skip)]
+    pub name: &'static str,
+    pub mean_accuracy: Option<f64>,
+    /// By category id (as a string, JSON's key type).
+    pub categories: BTreeMap<String, CategoryScore>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CategoryScore {
+    pub name: String,
+    pub hits: u64,
+    pub trials: u64,
+    pub accuracy: f64,
+}
+
+fn by_name<S: serde::Serializer>(methods: &[MethodPointing], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_map(methods.iter().map(|m| (m.name, m)))
+}
+
+/// Plays the game on every image of `coco` that has boxes, read from `dir`: the whole image
+/// resized to `size` x `size` (no crop, so every box stays in view), each box's category
+/// explained as class i for the i-th category, the map's peak mapped back to the image.
+pub fn play(
+    model: &dyn CamModel,
+    methods: &[Box<dyn Explainer>],
+    coco: &Coco,
+    boxes: &Path,
+    dir: &Path,
+    size: u32,
+) -> Result<PointingReport> {
+    if (coco.categories.len() as i64) > model.num_classes() {
+        bail!(
+            "{} has {} categories but the model has {} classes: the pointing game explains the i-th category as class i",
+            boxes.display(),
+            coco.categories.len(),
+            model.num_classes()
+        );
+    }
+    let norm = model.input_norm();
+    let mut tallies: Vec<Tally> = methods.iter().map(|_| Tally::default()).collect();
+    for im in &coco.images {
+        let pairs = coco.boxes_of(im.id);
+        if pairs.is_empty() {
+            continue;
+        }
+        let path = dir.join(&im.file_name);
+        let img = imageio::load_rgb(&path)?;
+        let resized = image::imageops::resize(&img, size, size, image::imageops::FilterType::Triangle);
+        let x = norm.apply(&imageio::to_tensor(&resized).unsqueeze(0)).to_device(model.device());
+        let (sx, sy) = (img.width() as f64 / size as f64, img.height() as f64 / size as f64);
+        let n = pairs.len() as i64;
+        let xs = x.expand([n, 3, size as i64, size as i64], false).contiguous();
+        let cls: Vec<i64> = pairs.iter().map(|(c, _)| coco.category_index(*c).expect("checked") as i64).collect();
+        for (m, tally) in methods.iter().zip(tallies.iter_mut()) {
+            let exp = m
+                .explain(model, &xs, Some(&cls))
+                .with_context(|| format!("method {} on {}", m.name(), path.display()))?;
+            for (i, (cat, bxs)) in pairs.iter().enumerate() {
+                let (px, py) = peak(&exp.maps.get(i as i64))?;
+                tally.add(*cat, hit((px * sx, py * sy), bxs, TOLERANCE));
+            }
+        }
+    }
+    let methods = methods
+        .iter()
+        .zip(&tallies)
+        .map(|(m, t)| MethodPointing {
+            name: m.name(),
+            mean_accuracy: t.mean_accuracy(),
+            categories: t
+                .per_category
+                .iter()
+                .map(|(c, &(h, n))| {
+                    let name = coco.categories.iter().find(|k| k.id == *c).map(|k| k.name.clone()).unwrap_or_default();
+                    (c.to_string(), CategoryScore { name, hits: h, trials: n, accuracy: h as f64 / n as f64 })
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(PointingReport { tolerance: TOLERANCE, boxes: boxes.display().to_string(), methods })
+}
+
+impl PointingReport {
+    /// The summary the CLI prints.
+    pub fn table(&self) -> String {
+        let mut s = format!("pointing game ({} px tolerance, mean accuracy over categories)\n", self.tolerance);
+        s += "| method | accuracy (%) |\n|---|---|\n";
+        for m in &self.methods {
+            let acc = m.mean_accuracy.map(|v| format!("{:.2}", v * 100.0)).unwrap_or_else(|| "-".into());
+            s += &format!("| {} | {acc} |\n", m.name);
+        }
+        s
     }
 }

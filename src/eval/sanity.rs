@@ -15,10 +15,16 @@
 //! reseeds), so that both schedules use the same random values for a layer.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
+use image::imageops::{FilterType, resize};
+use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
+
+use crate::eval::insdel::argmax_classes;
+use crate::{imageio, plot};
 
 use crate::cam::methods::Explainer;
 use crate::models::{CamModel, Layer, Model};
@@ -29,7 +35,10 @@ pub enum Randomization {
     Independent,
 }
 
+crate::choice!(Randomization);
+
 impl Randomization {
+    pub const ALL: [Randomization; 2] = [Randomization::Cascade, Randomization::Independent];
     pub fn name(self) -> &'static str {
         match self {
             Randomization::Cascade => "cascade",
@@ -151,7 +160,7 @@ impl<'a> Randomizer<'a> {
 
 /// One step of a schedule: what was randomised and how the maps compare with the trained model's.
 #[derive(Debug)]
-pub struct Step {
+pub struct RandomizationStep {
     /// The lowest layer randomised (cascade) or the one layer randomised (independent).
     pub label: String,
     pub randomized: Vec<String>,
@@ -189,7 +198,7 @@ pub fn run(
     classes: &[i64],
     reference: &Tensor,
     mode: Randomization,
-) -> Result<Vec<Step>> {
+) -> Result<Vec<RandomizationStep>> {
     let mut out = Vec::new();
     for set in schedule(randomizer.layers().len(), mode) {
         let names: Vec<String> = set.iter().map(|&i| randomizer.layers()[i].name.clone()).collect();
@@ -200,7 +209,7 @@ pub fn run(
             .with_context(|| format!("{} with {} randomised ({})", method.name(), label, mode.name()))?;
         let pred = tch::no_grad(|| model.logits_eval(x).argmax(1, false));
         let pred = Vec::<i64>::try_from(pred.to_device(Device::Cpu))?;
-        out.push(Step {
+        out.push(RandomizationStep {
             spearman: compare(reference, &exp.maps)?,
             same_prediction: pred.iter().zip(classes).map(|(p, c)| p == c).collect(),
             maps: exp.maps,
@@ -209,6 +218,126 @@ pub fn run(
         });
     }
     Ok(out)
+}
+
+/// What `groupcam sanity` reports: the JSON (per method, mode and step: the layers randomised,
+/// the correlation per image and their mean, whether the prediction survived), the tables it
+/// prints, and the figure when asked.
+pub struct SanityReport {
+    pub json: Value,
+    /// A header line, then one table per method.
+    pub text: String,
+    /// The mean correlation per step (one panel per method, a line per mode), then the first
+    /// image's maps at every step.
+    pub figure: Option<image::RgbImage>,
+}
+
+/// Sanity checks of each method on `files`, for the trained model's predicted classes.
+pub fn check(
+    model: &Model,
+    weights: &std::path::Path,
+    methods: &[Box<dyn Explainer>],
+    files: &[PathBuf],
+    modes: &[Randomization],
+    seed: i64,
+    input_size: u32,
+    figure: bool,
+) -> Result<SanityReport> {
+    if modes.is_empty() {
+        bail!("no randomisation mode given");
+    }
+    let device = model.device();
+    let (x, photos) = imageio::load_batch(files, input_size, &model.input_norm())?;
+    let x = x.to_device(device);
+    let classes = argmax_classes(model, &x)?;
+    let mut randomizer = Randomizer::new(model, seed)?;
+    let layers: Vec<String> = randomizer.layers().iter().map(|l| l.name.clone()).collect();
+    let mut text = format!(
+        "{}: {} layers randomised top down ({} ... {}), {} images, seed {}\n",
+        model.arch,
+        layers.len(),
+        layers.last().map(String::as_str).unwrap_or(""),
+        layers.first().map(String::as_str).unwrap_or(""),
+        files.len(),
+        seed
+    );
+
+    let thumb = |map: &Tensor| -> Result<image::RgbImage> {
+        Ok(resize(&imageio::overlay(&photos.get(0), &map.get(0).to_device(Device::Cpu))?, 96, 96, FilterType::Triangle))
+    };
+    let mut report = serde_json::Map::new();
+    let (mut panels, mut strips) = (Vec::new(), Vec::new());
+    for m in methods {
+        let reference = m.explain(model, &x, Some(&classes)).with_context(|| format!("method {}", m.name()))?;
+        let mut per_mode = serde_json::Map::new();
+        let mut lines = Vec::new();
+        let mut table: Vec<Vec<String>> = Vec::new();
+        for &mode in modes {
+            let steps = run(&mut randomizer, m.as_ref(), &x, &classes, &reference.maps, mode)?;
+            let means: Vec<Option<f64>> = steps.iter().map(|s| mean_defined(&s.spearman)).collect();
+            // Step 0, the trained model, correlates perfectly with itself.
+            lines.push(std::iter::once(1.0).chain(means.iter().map(|v| v.unwrap_or(f64::NAN))).collect());
+            if figure {
+                let mut tiles = vec![("trained".to_string(), thumb(&reference.maps)?)];
+                for s in &steps {
+                    tiles.push((s.label.clone(), thumb(&s.maps)?));
+                }
+                strips.push(plot::strip(&format!("{} {}, {}", m.name(), mode.name(), files[0].display()), &tiles));
+            }
+            for (k, (s, mean)) in steps.iter().zip(&means).enumerate() {
+                if table.len() <= k {
+                    table.push(vec![(k + 1).to_string(), s.label.clone()]);
+                }
+                table[k].push(mean.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into()));
+            }
+            let rows: Vec<Value> = steps
+                .iter()
+                .zip(&means)
+                .enumerate()
+                .map(|(k, (s, mean))| {
+                    json!({
+                        "step": k + 1,
+                        "layer": s.label,
+                        "randomized": s.randomized,
+                        "mean_spearman": mean,
+                        "spearman": s.spearman,
+                        "same_prediction": s.same_prediction,
+                    })
+                })
+                .collect();
+            per_mode.insert(mode.name().into(), json!(rows));
+        }
+        text += &format!("{}: mean Spearman rank correlation with the trained model's maps\n", m.name());
+        let names: Vec<&str> = modes.iter().map(|m| m.name()).collect();
+        text += &format!("| step | layer | {} |\n", names.join(" | "));
+        text += &format!("|---|---|{}\n", "---|".repeat(names.len()));
+        for row in &table {
+            text += &format!("| {} |\n", row.join(" | "));
+        }
+        per_mode.insert("trained_constant_map".into(), json!(reference.constant));
+        report.insert(m.name().into(), Value::Object(per_mode));
+        panels.push(plot::Panel { title: m.name().into(), lines, y_range: (-1.0, 1.0) });
+    }
+    let images: Vec<Value> = files
+        .iter()
+        .zip(&classes)
+        .map(|(f, &c)| json!({ "image": f.display().to_string(), "class": c, "class_name": crate::imagenet::class_name(c) }))
+        .collect();
+    let json = json!({
+        "arch": model.arch.name(),
+        "weights": weights.display().to_string(),
+        "seed": seed,
+        "layers_input_to_output": layers,
+        "images": images,
+        "methods": report,
+    });
+    let figure = figure.then(|| {
+        let legend: Vec<String> = modes.iter().map(|m| m.name().to_string()).collect();
+        let mut parts = vec![plot::chart(&panels, &legend)];
+        parts.extend(strips);
+        plot::stack(&parts)
+    });
+    Ok(SanityReport { json, text, figure })
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@ pub mod vgg;
 pub mod weights;
 
 use std::cell::Cell;
-use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -131,11 +130,7 @@ impl Arch {
     }
 }
 
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+crate::choice!(Arch);
 
 impl FromStr for Arch {
     type Err = anyhow::Error;

@@ -14,7 +14,7 @@ use super::sgd::Sgd;
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EpochRecord {
     pub epoch: usize,
-    pub phase: String,
+    pub phase: super::Phase,
     pub lr: f64,
     pub train_loss: f64,
     pub train_top1: f64,
@@ -40,6 +40,9 @@ pub struct Meta {
     pub saliency_streak: usize,
     pub converged_at: Option<usize>,
     pub loss_scale: f64,
+    /// Clean fp16 steps since the loss scale last changed (GradScaler's growth tracker).
+    #[serde(default)]
+    pub loss_scale_clean_steps: u64,
     pub arch: String,
 }
 

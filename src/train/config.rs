@@ -6,11 +6,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::augment::{GroupCamAugment, Precision, Threshold};
+use crate::models::Arch;
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// resnet18/34/50/101/152, vgg16, vgg19, efficientnet-lite0.
-    pub arch: String,
+    pub arch: Arch,
     /// Starting weights (a torchvision state dict, safetensors or .ot); random init when absent.
     #[serde(default)]
     pub weights: Option<PathBuf>,
@@ -125,10 +128,10 @@ pub struct AugmentConfig {
     pub score_size: Option<i64>,
     /// image (the mean of each map, the paper) or batch (the official code's mean over the batch).
     #[serde(default = "default_threshold")]
-    pub threshold: String,
+    pub threshold: Threshold,
     /// f32, or f16 (CUDA autocast) for the map's forwards.
     #[serde(default = "default_precision")]
-    pub precision: String,
+    pub precision: Precision,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -221,11 +224,11 @@ fn default_aug_groups() -> i64 {
 fn default_one() -> f64 {
     1.0
 }
-fn default_threshold() -> String {
-    "image".into()
+fn default_threshold() -> Threshold {
+    Threshold::ImageMean
 }
-fn default_precision() -> String {
-    "f32".into()
+fn default_precision() -> Precision {
+    Precision::F32
 }
 fn default_probe() -> usize {
     16
@@ -280,7 +283,6 @@ impl Config {
 
     /// Values and paths, checked before any work starts.
     pub fn validate(&self) -> Result<()> {
-        self.arch.parse::<crate::models::Arch>().context("key 'arch'")?;
         let t = &self.train;
         if t.epochs == 0 || t.batch_size == 0 {
             bail!("key 'train.epochs' and 'train.batch_size' must be positive");
@@ -297,7 +299,6 @@ impl Config {
         if !(0.0..=1.0).contains(&a.probability) {
             bail!("key 'augment.probability' must be in [0, 1], got {}", a.probability);
         }
-        self.augmenter().context("key 'augment'")?;
         if self.data.val_resize.is_some_and(|r| r < self.data.input_size) {
             bail!("key 'data.val_resize' must be at least 'data.input_size'");
         }
@@ -320,16 +321,16 @@ impl Config {
     }
 
     /// The augmentation the config describes.
-    pub fn augmenter(&self) -> Result<crate::augment::GroupCamAugment> {
+    pub fn augmenter(&self) -> GroupCamAugment {
         let a = &self.augment;
-        Ok(crate::augment::GroupCamAugment {
+        GroupCamAugment {
             groups: a.groups,
             probability: a.probability,
             max_batch: a.max_batch,
             score_size: a.score_size,
-            precision: a.precision.parse().context("key 'augment.precision'")?,
-            threshold: a.threshold.parse().context("key 'augment.threshold'")?,
-        })
+            precision: a.precision,
+            threshold: a.threshold,
+        }
     }
 
     pub fn val_resize(&self) -> u32 {

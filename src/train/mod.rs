@@ -1,11 +1,14 @@
 //! The fine-tuning loop (paper Sec. 5): SGD on a step schedule, every batch augmented by
 //! Group-CAM for its labels, with validation, TensorBoard logs, atomic checkpoints, exact
-//! resume and per-epoch saliency-convergence tracking. It reads top to bottom.
+//! resume and per-epoch saliency-convergence tracking. `run` reads top to bottom as timm's
+//! train.py does: build the loaders and the model, then per epoch `train_one_epoch`,
+//! `evaluate`, `track_saliency` and `save_checkpoints`.
 
 pub mod checkpoint;
 pub mod config;
 pub mod report;
 pub mod saliency;
+pub mod scaler;
 pub mod sgd;
 
 use std::collections::HashSet;
@@ -17,15 +20,17 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tch::{Device, Kind, Tensor};
 use tensorboard_rs::summary_writer::SummaryWriter;
 
+use crate::augment::GroupCamAugment;
 use crate::data::{ImageFolder, Loader, Transform};
-use crate::models::{Arch, CamModel, Model, weights};
+use crate::models::{CamModel, Model, weights};
 pub use checkpoint::{EpochRecord, Meta};
 pub use config::{Amp, Config};
+pub use scaler::LossScaler;
 use sgd::Sgd;
 
 /// What a finished run leaves behind.
 #[derive(Debug)]
-pub struct Outcome {
+pub struct RunSummary {
     pub out: PathBuf,
     pub history: Vec<EpochRecord>,
     pub best_top1: f64,
@@ -40,18 +45,45 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
+/// The part of the run an epoch belongs to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// The optional plain training before the fine-tuning proper (`pretrain` in the config).
+    Pretrain,
+    #[default]
+    Finetune,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 2] = [Phase::Pretrain, Phase::Finetune];
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Pretrain => "pretrain",
+            Phase::Finetune => "finetune",
+        }
+    }
+}
+
+impl std::str::FromStr for Phase {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Phase::ALL.into_iter().find(|p| p.name() == s).with_context(|| format!("unknown phase '{s}'"))
+    }
+}
+crate::choice!(Phase);
+
 /// The learning rate and phase of an epoch: the optional plain pre-training, then StepLR from
 /// the fine-tuning's own first epoch.
-pub fn schedule(cfg: &Config, epoch: usize) -> (f64, &'static str) {
+pub fn lr_schedule(cfg: &Config, epoch: usize) -> (f64, Phase) {
     let t = &cfg.train;
     match &cfg.pretrain {
         Some(p) if epoch < p.epochs => {
             let k = p.lr_step.map(|s| epoch / s.max(1)).unwrap_or(0);
-            (p.lr * t.lr_gamma.powi(k as i32), "pretrain")
+            (p.lr * t.lr_gamma.powi(k as i32), Phase::Pretrain)
         }
         p => {
             let start = p.as_ref().map(|p| p.epochs).unwrap_or(0);
-            (t.lr * t.lr_gamma.powi(((epoch - start) / t.lr_step) as i32), "finetune")
+            (t.lr * t.lr_gamma.powi(((epoch - start) / t.lr_step) as i32), Phase::Finetune)
         }
     }
 }
@@ -64,13 +96,172 @@ fn hits(logits: &Tensor, labels: &Tensor) -> (i64, i64) {
     (eq.narrow(1, 0, 1).sum(Kind::Int64).int64_value(&[]), eq.sum(Kind::Int64).int64_value(&[]))
 }
 
-pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Outcome> {
-    let out = cfg.out.clone();
+/// The run's training and validation loaders, as the config describes them.
+pub struct Loaders {
+    pub train: Loader,
+    pub val: Loader,
+}
+
+impl Loaders {
+    pub fn build(cfg: &Config) -> Result<Loaders> {
+        let train_set = ImageFolder::open(&cfg.data.root.join(&cfg.data.train_dir))?;
+        let val_set = ImageFolder::open(&cfg.data.root.join(&cfg.data.val_dir))?;
+        if train_set.classes != val_set.classes {
+            bail!("the class folders of {} and {} differ", train_set.root.display(), val_set.root.display());
+        }
+        let size = cfg.data.input_size;
+        let train = Loader {
+            data: train_set,
+            batch_size: cfg.train.batch_size,
+            shuffle: true,
+            drop_last: true,
+            transform: Transform::Train {
+                size,
+                scale: (cfg.data.scale[0], cfg.data.scale[1]),
+                ratio: (cfg.data.ratio[0], cfg.data.ratio[1]),
+                flip: cfg.data.flip,
+            },
+            norm: cfg.arch.input_norm(),
+            workers: cfg.data.workers,
+            prefetch: cfg.data.prefetch,
+            seed: cfg.train.seed,
+        };
+        if train.num_batches(0) == 0 {
+            bail!("{} images are fewer than one batch of {} (drop_last)", train.data.len(), cfg.train.batch_size);
+        }
+        let val = Loader {
+            data: val_set,
+            batch_size: cfg.train.val_batch_size.unwrap_or(cfg.train.batch_size),
+            shuffle: false,
+            drop_last: false,
+            transform: Transform::Eval { size, resize: cfg.val_resize() },
+            ..train.clone()
+        };
+        Ok(Loaders { train, val })
+    }
+
+    pub fn num_classes(&self) -> i64 {
+        self.train.data.classes.len() as i64
+    }
+}
+
+/// The starting model: the config's weights, or a seeded random initialisation.
+fn build_model(cfg: &Config, classes: i64, data_root: &Path, device: Device) -> Result<Model> {
+    let model = match &cfg.weights {
+        Some(w) => Model::load(cfg.arch, w, device)?,
+        None => {
+            tch::manual_seed(cfg.train.seed as i64);
+            Model::new(cfg.arch, classes, device)
+        }
+    };
+    if model.num_classes() != classes {
+        bail!(
+            "the weights have {} classes but {} has {classes} class folders",
+            model.num_classes(),
+            data_root.display()
+        );
+    }
+    Ok(model)
+}
+
+/// Where a run writes: the directory, its checkpoints and its saliency grids.
+struct RunDir {
+    out: PathBuf,
+    checkpoints: PathBuf,
+    saliency: PathBuf,
+}
+
+impl RunDir {
+    fn create(cfg: &Config) -> Result<RunDir> {
+        let out = cfg.out.clone();
+        let dir = RunDir { checkpoints: out.join("checkpoints"), saliency: out.join("saliency"), out };
+        for d in [&dir.out, &dir.checkpoints, &dir.saliency] {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        std::fs::write(dir.out.join("config.yaml"), serde_yaml::to_string(cfg)?)?;
+        Ok(dir)
+    }
+
+    fn last(&self) -> PathBuf {
+        self.checkpoints.join("last.safetensors")
+    }
+}
+
+/// Progress bars, and lines that go above them on a terminal (to stdout otherwise).
+struct Console {
+    bars: MultiProgress,
+}
+
+impl Console {
+    fn new(progress: bool) -> Console {
+        let bars = MultiProgress::new();
+        if !progress {
+            bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        Console { bars }
+    }
+
+    fn say(&self, line: String) {
+        if self.bars.is_hidden() {
+            println!("{line}");
+        } else {
+            self.bars.println(line).ok();
+        }
+    }
+}
+
+/// What one epoch of training saw.
+#[derive(Clone, Debug, Default)]
+pub struct EpochStats {
+    pub loss_sum: f64,
+    pub seen: i64,
+    pub correct: i64,
+    pub augmented: usize,
+    pub skipped: usize,
+    pub seconds: f64,
+}
+
+impl EpochStats {
+    fn record(&self, epoch: usize, phase: Phase, lr: f64, val: (f64, f64)) -> EpochRecord {
+        let seen = self.seen.max(1) as f64;
+        EpochRecord {
+            epoch: epoch + 1,
+            phase,
+            lr,
+            train_loss: self.loss_sum / seen,
+            train_top1: self.correct as f64 / seen,
+            val_top1: val.0,
+            val_top5: val.1,
+            augmented_fraction: self.augmented as f64 / seen,
+            images_skipped: self.skipped,
+            img_per_s: self.seen as f64 / self.seconds,
+            seconds: self.seconds,
+            ..Default::default()
+        }
+    }
+}
+
+/// Everything an epoch works with.
+struct Run<'a> {
+    cfg: &'a Config,
+    device: Device,
+    loaders: Loaders,
+    model: Model,
+    trainer: Trainer,
+    augmenter: GroupCamAugment,
+    dir: RunDir,
+    tb: SummaryWriter,
+    console: Console,
+    meta: Meta,
+    saliency: SaliencyTracker,
+    named_skips: HashSet<PathBuf>,
+}
+
+pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     let device = crate::parse_device(&cfg.train.device).context("key 'train.device'")?;
     if let Some(n) = cfg.train.threads {
         tch::set_num_threads(n);
     }
-    let arch: Arch = cfg.arch.parse()?;
     let use_amp = matches!(device, Device::Cuda(_)) && cfg.train.amp != Amp::Off;
     if cfg.train.amp == Amp::Fp16 && !matches!(device, Device::Cuda(_)) {
         bail!("key 'train.amp': fp16 needs a CUDA device (running on {device:?})");
@@ -84,236 +275,185 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Outcome> {
         _ => println!("device: cpu ({} threads)", tch::get_num_threads()),
     }
 
-    // Data.
-    let train_set = ImageFolder::open(&cfg.data.root.join(&cfg.data.train_dir))?;
-    let val_set = ImageFolder::open(&cfg.data.root.join(&cfg.data.val_dir))?;
-    if train_set.classes != val_set.classes {
-        bail!("the class folders of {} and {} differ", train_set.root.display(), val_set.root.display());
-    }
-    let classes = train_set.classes.len() as i64;
-    let norm = arch.input_norm();
-    let size = cfg.data.input_size;
-    let train_loader = Loader {
-        data: train_set,
-        batch_size: cfg.train.batch_size,
-        shuffle: true,
-        drop_last: true,
-        transform: Transform::Train {
-            size,
-            scale: (cfg.data.scale[0], cfg.data.scale[1]),
-            ratio: (cfg.data.ratio[0], cfg.data.ratio[1]),
-            flip: cfg.data.flip,
-        },
-        norm,
-        workers: cfg.data.workers,
-        prefetch: cfg.data.prefetch,
-        seed: cfg.train.seed,
-    };
-    if train_loader.num_batches(0) == 0 {
-        bail!("{} images are fewer than one batch of {} (drop_last)", train_loader.data.len(), cfg.train.batch_size);
-    }
-    let val_loader = Loader {
-        data: val_set,
-        batch_size: cfg.train.val_batch_size.unwrap_or(cfg.train.batch_size),
-        shuffle: false,
-        drop_last: false,
-        transform: Transform::Eval { size, resize: cfg.val_resize() },
-        ..train_loader.clone()
-    };
-
-    // Model and optimizer.
-    let mut model = match &cfg.weights {
-        Some(w) => Model::load(arch, w, device)?,
-        None => {
-            tch::manual_seed(cfg.train.seed as i64);
-            Model::new(arch, classes, device)
-        }
-    };
-    if model.num_classes() != classes {
-        bail!(
-            "the weights have {} classes but {} has {classes} class folders",
-            model.num_classes(),
-            train_loader.data.root.display()
-        );
-    }
+    let loaders = Loaders::build(cfg)?;
+    let mut model = build_model(cfg, loaders.num_classes(), &loaders.train.data.root, device)?;
     let mut sgd = Sgd::new(&model.vs, cfg.train.momentum, cfg.train.weight_decay);
-    let augmenter = cfg.augmenter()?;
-
-    // Run directory and state.
-    let ckpt_dir = out.join("checkpoints");
-    let sal_dir = out.join("saliency");
-    for d in [&out, &ckpt_dir, &sal_dir] {
-        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
-    }
-    std::fs::write(out.join("config.yaml"), serde_yaml::to_string(cfg)?)?;
-    let mut meta = Meta { loss_scale: 65536.0, arch: arch.name().to_string(), best_top1: -1.0, ..Default::default() };
+    let dir = RunDir::create(cfg)?;
+    let mut meta = Meta {
+        loss_scale: LossScaler::INITIAL,
+        arch: cfg.arch.name().to_string(),
+        best_top1: -1.0,
+        ..Default::default()
+    };
     let mut prev_maps = None;
     if let Some(r) = &opts.resume {
         let (m, s) = checkpoint::load(r, &mut model.vs, &mut sgd)?;
         println!("resumed from {} after epoch {}", r.display(), m.epoch);
         (meta, prev_maps) = (m, s);
     }
-    let mut tb = SummaryWriter::new(out.join("tb"));
-
-    // The saliency probe: the first N validation images, fixed for the whole run.
-    let probe = make_probe(&val_loader, cfg.saliency.probe, device)?;
-    if let (Some(p), None) = (&probe, &prev_maps) {
-        let maps = saliency::maps(&model, p, cfg.saliency.groups)?;
-        save_grid(&mut tb, &sal_dir, p, &maps, 0)?;
-        prev_maps = Some(maps);
-    }
-
-    let epochs = cfg.train.epochs;
-    let bars = MultiProgress::new();
-    if !opts.progress {
-        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let epoch_bar = bars.add(ProgressBar::new(epochs as u64));
-    epoch_bar
-        .set_style(ProgressStyle::with_template("epoch {pos}/{len} [{bar:30}] {elapsed_precise} ETA {eta_precise}")?);
-    epoch_bar.set_position(meta.epoch as u64);
-    let mut named_skips: HashSet<PathBuf> = HashSet::new();
-    // Lines go above the bars on a terminal, to stdout otherwise.
-    let say = |line: String| {
-        if bars.is_hidden() {
-            println!("{line}");
-        } else {
-            bars.println(line).ok();
-        }
+    let trainer =
+        Trainer { sgd, scaler: LossScaler::resume(meta.loss_scale, meta.loss_scale_clean_steps), amp: use_amp };
+    let mut tb = SummaryWriter::new(dir.out.join("tb"));
+    let saliency = SaliencyTracker::start(cfg, &loaders.val, &model, prev_maps, &mut tb, &dir.saliency, device)?;
+    let mut run = Run {
+        cfg,
+        device,
+        loaders,
+        model,
+        trainer,
+        augmenter: cfg.augmenter(),
+        dir,
+        tb,
+        console: Console::new(opts.progress),
+        meta,
+        saliency,
+        named_skips: HashSet::new(),
     };
 
-    for epoch in meta.epoch..epochs {
-        let (lr, phase) = schedule(cfg, epoch);
-        let augmenting = cfg.augment.enabled && phase == "finetune";
+    let epochs = cfg.train.epochs;
+    let epoch_bar = run.console.bars.add(ProgressBar::new(epochs as u64));
+    epoch_bar
+        .set_style(ProgressStyle::with_template("epoch {pos}/{len} [{bar:30}] {elapsed_precise} ETA {eta_precise}")?);
+    epoch_bar.set_position(run.meta.epoch as u64);
+    for epoch in run.meta.epoch..epochs {
+        let (lr, phase) = lr_schedule(cfg, epoch);
+        let stats = run.train_one_epoch(epoch, lr, phase)?;
+        run.model.set_training(false);
+        let val = evaluate(&run.model, &run.loaders.val, device)?;
+        let mut rec = stats.record(epoch, phase, lr, val);
+        run.track_saliency(&mut rec)?;
+        log_epoch(&mut run.tb, &rec);
+        run.console.say(summary_line(&rec, epochs));
+        run.save_checkpoints(rec)?;
+        epoch_bar.inc(1);
+    }
+    epoch_bar.finish_and_clear();
+    run.finish()
+}
+
+impl Run<'_> {
+    /// One pass over the training loader (at most `train.max_steps` batches), each batch
+    /// augmented in the fine-tuning phase, then one SGD step.
+    fn train_one_epoch(&mut self, epoch: usize, lr: f64, phase: Phase) -> Result<EpochStats> {
+        let augmenting = self.cfg.augment.enabled && phase == Phase::Finetune;
         // Augmentation draws and dropout come from torch's generator: seeded per epoch, a
         // resumed run replays the epoch exactly.
-        tch::manual_seed((cfg.train.seed as i64).wrapping_mul(1_000_003).wrapping_add(epoch as i64));
-        let steps = train_loader.num_batches(epoch).min(cfg.train.max_steps.unwrap_or(usize::MAX));
-        let bar = bars.add(ProgressBar::new(steps as u64));
+        tch::manual_seed((self.cfg.train.seed as i64).wrapping_mul(1_000_003).wrapping_add(epoch as i64));
+        let steps = self.loaders.train.num_batches(epoch).min(self.cfg.train.max_steps.unwrap_or(usize::MAX));
+        let bar = self.console.bars.add(ProgressBar::new(steps as u64));
         bar.set_style(ProgressStyle::with_template("  {pos}/{len} [{bar:30}] {msg} ETA {eta}")?);
         let start = Instant::now();
-        let (mut loss_sum, mut seen, mut correct, mut augmented, mut skipped) = (0.0, 0i64, 0i64, 0usize, 0usize);
-        model.set_training(true);
-        for batch in train_loader.epoch(epoch, 0).take(steps) {
+        let mut stats = EpochStats::default();
+        self.model.set_training(true);
+        for batch in self.loaders.train.epoch(epoch, 0).take(steps) {
             for (p, why) in &batch.skipped {
-                skipped += 1;
-                if named_skips.insert(p.clone()) {
-                    say(format!("skipped {}: {why}", p.display()));
+                stats.skipped += 1;
+                if self.named_skips.insert(p.clone()) {
+                    self.console.say(format!("skipped {}: {why}", p.display()));
                 }
             }
             let n = batch.images.size()[0];
             if n == 0 {
                 continue;
             }
-            let (x, y) = (batch.images.to_device(device), batch.labels.to_device(device));
+            let (x, y) = (batch.images.to_device(self.device), batch.labels.to_device(self.device));
             let x = if augmenting {
-                let a = augmenter.augment(&model, &x, &y)?;
-                augmented += a.stats.augmented();
+                let a = self.augmenter.augment(&self.model, &x, &y)?;
+                stats.augmented += a.stats.augmented();
                 a.images
             } else {
                 x
             };
-            let (loss_value, hit) = match step(&model, &mut sgd, &mut meta.loss_scale, meta.step, &x, &y, lr, use_amp)?
-            {
-                Step::Done { loss, top1 } => (loss, top1),
-                Step::Overflow { loss, top1 } => {
-                    say(format!("fp16 overflow at step {}: loss scale now {}", meta.step, meta.loss_scale));
+            let (loss, top1) = match self.trainer.step(&self.model, &x, &y, lr)? {
+                StepResult::Done { loss, top1 } => (loss, top1),
+                StepResult::Overflow { loss, top1 } => {
+                    self.console.say(format!(
+                        "fp16 overflow at step {}: loss scale now {}",
+                        self.meta.step,
+                        self.trainer.scaler.scale()
+                    ));
                     (loss, top1)
                 }
-                Step::NonFinite(v) => bail!(
+                StepResult::NonFinite(v) => bail!(
                     "loss is {v} at epoch {} step {} (lr {lr}); the last good checkpoint is {}",
                     epoch + 1,
-                    meta.step,
-                    ckpt_dir.join("last.safetensors").display()
+                    self.meta.step,
+                    self.dir.last().display()
                 ),
             };
-            meta.step += 1;
-            loss_sum += loss_value * n as f64;
-            seen += n;
-            correct += hit;
-            let ips = seen as f64 / start.elapsed().as_secs_f64();
-            tb.add_scalar("train/loss", loss_value as f32, meta.step as usize);
-            tb.add_scalar("train/lr", lr as f32, meta.step as usize);
-            tb.add_scalar("train/img_per_s", ips as f32, meta.step as usize);
-            bar.set_message(format!("loss {loss_value:.4} lr {lr:.2e} {ips:.1} img/s"));
+            self.meta.step += 1;
+            stats.loss_sum += loss * n as f64;
+            stats.seen += n;
+            stats.correct += top1;
+            let ips = stats.seen as f64 / start.elapsed().as_secs_f64();
+            log_step(&mut self.tb, self.meta.step, loss, lr, ips);
+            bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {ips:.1} img/s"));
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let seconds = start.elapsed().as_secs_f64();
-        model.set_training(false);
-        let (val_top1, val_top5) = evaluate(&model, &val_loader, device)?;
-
-        let mut rec = EpochRecord {
-            epoch: epoch + 1,
-            phase: phase.to_string(),
-            lr,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_top1: correct as f64 / seen.max(1) as f64,
-            val_top1,
-            val_top5,
-            augmented_fraction: augmented as f64 / seen.max(1) as f64,
-            images_skipped: skipped,
-            img_per_s: seen as f64 / seconds,
-            seconds,
-            ..Default::default()
-        };
-        if let Some(p) = &probe {
-            let maps = saliency::maps(&model, p, cfg.saliency.groups)?;
-            if let Some(prev) = &prev_maps {
-                let (c, d) = saliency::change(prev, &maps);
-                (rec.saliency_change, rec.saliency_delta) = (Some(c), Some(d));
-                meta.saliency_streak = if c < cfg.saliency.threshold { meta.saliency_streak + 1 } else { 0 };
-                if meta.saliency_streak >= cfg.saliency.patience && meta.converged_at.is_none() {
-                    meta.converged_at = Some(epoch + 1);
-                    say(format!(
-                        "saliency converged at epoch {}: 1 - r < {} for {} epochs",
-                        epoch + 1,
-                        cfg.saliency.threshold,
-                        cfg.saliency.patience
-                    ));
-                }
-            }
-            save_grid(&mut tb, &sal_dir, p, &maps, epoch + 1)?;
-            prev_maps = Some(maps);
-        }
-        log_epoch(&mut tb, &rec);
-        say(format!(
-            "epoch {}/{epochs} [{phase}] loss {:.4} train top-1 {:.2}% val top-1 {:.2}% top-5 {:.2}% augmented {:.0}% skipped {} {:.1}s{}",
-            rec.epoch,
-            rec.train_loss,
-            100.0 * rec.train_top1,
-            100.0 * rec.val_top1,
-            100.0 * rec.val_top5,
-            100.0 * rec.augmented_fraction,
-            rec.images_skipped,
-            rec.seconds,
-            rec.saliency_change.map(|c| format!(" saliency change {c:.4}")).unwrap_or_default()
-        ));
-        let improved = rec.val_top1 > meta.best_top1;
-        if improved {
-            (meta.best_top1, meta.best_epoch) = (rec.val_top1, rec.epoch);
-        }
-        meta.history.push(rec);
-        meta.epoch = epoch + 1;
-        let last = ckpt_dir.join("last.safetensors");
-        checkpoint::save(&last, &model.vs, &sgd, prev_maps.as_ref(), &meta)?;
-        if improved {
-            checkpoint::save(&ckpt_dir.join("best.safetensors"), &model.vs, &sgd, prev_maps.as_ref(), &meta)?;
-        }
-        report::write_history(&out, &meta.history)?;
-        tb.flush();
-        epoch_bar.inc(1);
+        stats.seconds = start.elapsed().as_secs_f64();
+        Ok(stats)
     }
-    epoch_bar.finish_and_clear();
-    weights::save_torchvision(&model.vs, &out.join("final.safetensors"), meta.step as i64)?;
-    std::fs::write(out.join("report.md"), report::render(&meta.history, None, &out, None))?;
-    println!("final weights: {}", out.join("final.safetensors").display());
-    println!("report: {}", out.join("report.md").display());
-    Ok(Outcome { out, history: meta.history, best_top1: meta.best_top1 })
+
+    /// The probe's maps after this epoch and how far they moved (see [`SaliencyTracker`]).
+    fn track_saliency(&mut self, rec: &mut EpochRecord) -> Result<()> {
+        if let Some(line) =
+            self.saliency.track(self.cfg, &self.model, rec, &mut self.meta, &mut self.tb, &self.dir.saliency)?
+        {
+            self.console.say(line);
+        }
+        Ok(())
+    }
+
+    /// `last` every epoch and `best` when val top-1 improved, each written atomically, then
+    /// the history.
+    fn save_checkpoints(&mut self, rec: EpochRecord) -> Result<()> {
+        let improved = rec.val_top1 > self.meta.best_top1;
+        if improved {
+            (self.meta.best_top1, self.meta.best_epoch) = (rec.val_top1, rec.epoch);
+        }
+        self.meta.epoch = rec.epoch;
+        self.meta.history.push(rec);
+        (self.meta.loss_scale, self.meta.loss_scale_clean_steps) = self.trainer.scaler.state();
+        let (vs, sgd, maps) = (&self.model.vs, &self.trainer.sgd, self.saliency.prev.as_ref());
+        checkpoint::save(&self.dir.last(), vs, sgd, maps, &self.meta)?;
+        if improved {
+            checkpoint::save(&self.dir.checkpoints.join("best.safetensors"), vs, sgd, maps, &self.meta)?;
+        }
+        report::write_history(&self.dir.out, &self.meta.history)?;
+        self.tb.flush();
+        Ok(())
+    }
+
+    /// Final weights in torchvision's names and the report.
+    fn finish(self) -> Result<RunSummary> {
+        let out = self.dir.out;
+        weights::save_torchvision(&self.model.vs, &out.join("final.safetensors"), self.meta.step as i64)?;
+        std::fs::write(out.join("report.md"), report::render(&self.meta.history, None, &out, None))?;
+        println!("final weights: {}", out.join("final.safetensors").display());
+        println!("report: {}", out.join("report.md").display());
+        Ok(RunSummary { out, history: self.meta.history, best_top1: self.meta.best_top1 })
+    }
+}
+
+fn summary_line(rec: &EpochRecord, epochs: usize) -> String {
+    format!(
+        "epoch {}/{epochs} [{}] loss {:.4} train top-1 {:.2}% val top-1 {:.2}% top-5 {:.2}% augmented {:.0}% skipped {} {:.1}s{}",
+        rec.epoch,
+        rec.phase,
+        rec.train_loss,
+        100.0 * rec.train_top1,
+        100.0 * rec.val_top1,
+        100.0 * rec.val_top5,
+        100.0 * rec.augmented_fraction,
+        rec.images_skipped,
+        rec.seconds,
+        rec.saliency_change.map(|c| format!(" saliency change {c:.4}")).unwrap_or_default()
+    )
 }
 
 /// What one training step did.
-pub enum Step {
+pub enum StepResult {
     Done {
         loss: f64,
         top1: i64,
@@ -327,49 +467,48 @@ pub enum Step {
     NonFinite(f64),
 }
 
-/// One SGD step on a batch: forward (fp16 autocast with dynamic loss scaling when `amp`),
-/// cross-entropy, backward, update. `scale` is the fp16 loss scale, doubled after 2000 clean
-/// steps and halved on overflow (torch.cuda.amp.GradScaler's defaults).
-#[allow(clippy::too_many_arguments)]
-pub fn step(
-    model: &dyn CamModel,
-    sgd: &mut Sgd,
-    scale: &mut f64,
-    step: u64,
-    x: &Tensor,
-    y: &Tensor,
-    lr: f64,
-    amp: bool,
-) -> Result<Step> {
-    let logits = tch::autocast(amp, || model.forward(x));
-    let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(y);
-    let value = loss.double_value(&[]);
-    if !value.is_finite() {
-        return Ok(Step::NonFinite(value));
-    }
-    let top1 = hits(&logits.detach(), y).0;
-    sgd.zero_grad();
-    if !amp {
-        loss.backward();
-        sgd.step(lr);
-        return Ok(Step::Done { loss: value, top1 });
-    }
-    (loss * *scale).backward();
-    let grads = sgd.grads();
-    if !grads.iter().all(|g| g.isfinite().all().int64_value(&[]) == 1) {
-        *scale /= 2.0;
-        return Ok(Step::Overflow { loss: value, top1 });
-    }
-    tch::no_grad(|| {
-        for mut g in grads {
-            let _ = g.g_div_scalar_(*scale);
+/// The optimizer side of a step: SGD, and the fp16 loss scale when `amp`.
+pub struct Trainer {
+    pub sgd: Sgd,
+    pub scaler: LossScaler,
+    /// fp16 autocast with dynamic loss scaling (CUDA).
+    pub amp: bool,
+}
+
+impl Trainer {
+    /// One SGD step on a batch: forward (fp16 autocast when `amp`), cross-entropy, backward
+    /// (scaled when `amp`), update.
+    pub fn step(&mut self, model: &dyn CamModel, x: &Tensor, y: &Tensor, lr: f64) -> Result<StepResult> {
+        let amp = self.amp;
+        let logits = tch::autocast(amp, || model.forward(x));
+        let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(y);
+        let value = loss.double_value(&[]);
+        if !value.is_finite() {
+            return Ok(StepResult::NonFinite(value));
         }
-    });
-    sgd.step(lr);
-    if step % 2000 == 1999 {
-        *scale *= 2.0;
+        let top1 = hits(&logits.detach(), y).0;
+        self.sgd.zero_grad();
+        if !amp {
+            loss.backward();
+            self.sgd.step(lr);
+            return Ok(StepResult::Done { loss: value, top1 });
+        }
+        let scale = self.scaler.scale();
+        (loss * scale).backward();
+        let grads = self.sgd.grads();
+        let finite = grads.iter().all(|g| g.isfinite().all().int64_value(&[]) == 1);
+        self.scaler.update(!finite);
+        if !finite {
+            return Ok(StepResult::Overflow { loss: value, top1 });
+        }
+        tch::no_grad(|| {
+            for mut g in grads {
+                let _ = g.g_div_scalar_(scale);
+            }
+        });
+        self.sgd.step(lr);
+        Ok(StepResult::Done { loss: value, top1 })
     }
-    Ok(Step::Done { loss: value, top1 })
 }
 
 /// Top-1 and top-5 accuracy over a loader, in eval mode.
@@ -389,6 +528,67 @@ pub fn evaluate(model: &dyn CamModel, loader: &Loader, device: Device) -> Result
     Ok((t1 as f64 / n as f64, t5 as f64 / n as f64))
 }
 
+/// Saliency convergence: a fixed probe of validation images, its maps after every epoch, and
+/// the change against the previous epoch's.
+struct SaliencyTracker {
+    probe: Option<saliency::Probe>,
+    /// The last maps (also checkpointed, so that a resumed run compares against them).
+    prev: Option<Tensor>,
+}
+
+impl SaliencyTracker {
+    /// The probe (the first `saliency.probe` validation images) and, on a fresh run, its
+    /// maps before any training (epoch 0).
+    fn start(
+        cfg: &Config,
+        val: &Loader,
+        model: &dyn CamModel,
+        prev: Option<Tensor>,
+        tb: &mut SummaryWriter,
+        dir: &Path,
+        device: Device,
+    ) -> Result<SaliencyTracker> {
+        let probe = make_probe(val, cfg.saliency.probe, device)?;
+        let mut tracker = SaliencyTracker { probe, prev };
+        if let (Some(p), None) = (&tracker.probe, &tracker.prev) {
+            let maps = saliency::maps(model, p, cfg.saliency.groups)?;
+            save_grid(tb, dir, p, &maps, 0)?;
+            tracker.prev = Some(maps);
+        }
+        Ok(tracker)
+    }
+
+    /// Records the change in `rec`, updates the convergence streak in `meta`, saves the grid;
+    /// returns the "converged" line the first time the streak reaches the patience.
+    fn track(
+        &mut self,
+        cfg: &Config,
+        model: &dyn CamModel,
+        rec: &mut EpochRecord,
+        meta: &mut Meta,
+        tb: &mut SummaryWriter,
+        dir: &Path,
+    ) -> Result<Option<String>> {
+        let Some(p) = &self.probe else { return Ok(None) };
+        let maps = saliency::maps(model, p, cfg.saliency.groups)?;
+        let mut line = None;
+        if let Some(prev) = &self.prev {
+            let (c, d) = saliency::change(prev, &maps);
+            (rec.saliency_change, rec.saliency_delta) = (Some(c), Some(d));
+            meta.saliency_streak = if c < cfg.saliency.threshold { meta.saliency_streak + 1 } else { 0 };
+            if meta.saliency_streak >= cfg.saliency.patience && meta.converged_at.is_none() {
+                meta.converged_at = Some(rec.epoch);
+                line = Some(format!(
+                    "saliency converged at epoch {}: 1 - r < {} for {} epochs",
+                    rec.epoch, cfg.saliency.threshold, cfg.saliency.patience
+                ));
+            }
+        }
+        save_grid(tb, dir, p, &maps, rec.epoch)?;
+        self.prev = Some(maps);
+        Ok(line)
+    }
+}
 fn make_probe(val: &Loader, n: usize, device: Device) -> Result<Option<saliency::Probe>> {
     if n == 0 {
         return Ok(None);
@@ -430,4 +630,11 @@ fn log_epoch(tb: &mut SummaryWriter, r: &EpochRecord) {
         tb.add_scalar("saliency/one_minus_pearson", c as f32, e);
         tb.add_scalar("saliency/mean_abs_delta", d as f32, e);
     }
+}
+
+/// The per-step scalars (also what `bench train` counts as part of the step).
+pub fn log_step(tb: &mut SummaryWriter, step: u64, loss: f64, lr: f64, img_per_s: f64) {
+    tb.add_scalar("train/loss", loss as f32, step as usize);
+    tb.add_scalar("train/lr", lr as f32, step as usize);
+    tb.add_scalar("train/img_per_s", img_per_s as f32, step as usize);
 }

@@ -65,7 +65,7 @@ pub fn render(
             let _ = writeln!(
                 s,
                 "| {e} | {} | {} | {} | {} | {} | {} | {} |",
-                r.or(k).map(|x| x.phase.as_str()).unwrap_or(""),
+                r.or(k).map(|x| x.phase.name()).unwrap_or(""),
                 r.or(k).map(|x| format!("{:.2e}", x.lr)).unwrap_or_default(),
                 r.map(|x| format!("{:.4}", x.train_loss)).unwrap_or("-".into()),
                 r.map(|x| pct(x.val_top1)).unwrap_or("-".into()),

@@ -5,7 +5,7 @@ use anyhow::Result;
 use image::RgbImage;
 use tch::{Kind, Tensor};
 
-use crate::cam::GroupCam;
+use crate::cam::{Explainer, GroupCam};
 use crate::imageio;
 use crate::models::CamModel;
 

@@ -1,0 +1,102 @@
+//! The loader's images/s per worker thread (decode + RandomResizedCrop + flip), and the
+//! trainer's real step (`train::Trainer::step` plus the loop's per-step logging) against the
+//! bare forward/backward/update of the same batch.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use tch::{Device, Kind, Tensor};
+use tensorboard_rs::summary_writer::SummaryWriter;
+
+use super::{Report, Table, TempDir, median, sync};
+use crate::data::{ImageFolder, Loader, Transform};
+use crate::models::{Arch, CamModel, Model, Normalization};
+use crate::synth::{self, SynthConfig};
+use crate::train::{LossScaler, Trainer, log_step, sgd::Sgd};
+
+pub struct TrainBench {
+    pub arch: Arch,
+    pub batch: i64,
+    pub size: i64,
+    pub reps: usize,
+    /// Loader worker counts to measure.
+    pub workers: Vec<usize>,
+    /// Synthetic training images (320 x 320 PNG) decoded per loader measurement.
+    pub images: usize,
+}
+
+pub fn run(b: &TrainBench, device: Device) -> Result<Report> {
+    let data_dir = TempDir::new("train");
+    let per_class = b.images.div_ceil(synth::SHAPES.len());
+    synth::write(&data_dir.0, &SynthConfig { size: 320, train_per_class: per_class, val_per_class: 0, seed: 0 })?;
+    let data = ImageFolder::open(&data_dir.0.join("train"))?;
+    let mut loader_t = Table::new(&["loader workers", "images", "s", "images/s", "images/s per worker"]);
+    for &w in &b.workers {
+        let loader = Loader {
+            data: data.clone(),
+            batch_size: 16,
+            shuffle: true,
+            drop_last: false,
+            transform: Transform::Train {
+                size: b.size as u32,
+                scale: (0.08, 1.0),
+                ratio: (0.75, 4.0 / 3.0),
+                flip: 0.5,
+            },
+            norm: Normalization::IMAGENET,
+            workers: w,
+            prefetch: 8,
+            seed: 0,
+        };
+        let t = Instant::now();
+        let got: i64 = loader.epoch(0, 0).map(|b| b.images.size()[0]).sum();
+        let s = t.elapsed().as_secs_f64();
+        loader_t.push(vec![
+            w.to_string(),
+            got.to_string(),
+            format!("{s:.2}"),
+            format!("{:.1}", got as f64 / s),
+            format!("{:.1}", got as f64 / s / w as f64),
+        ]);
+    }
+    drop(data_dir);
+
+    let model = Model::new(b.arch, 1000, device);
+    model.set_training(true);
+    let x = Tensor::randn([b.batch, 3, b.size, b.size], (Kind::Float, device));
+    let y = Tensor::randint(1000, [b.batch], (Kind::Int64, device));
+    let mut trainer = Trainer { sgd: Sgd::new(&model.vs, 0.9, 1e-4), scaler: LossScaler::new(), amp: false };
+    let mut bare_sgd = Sgd::new(&model.vs, 0.9, 1e-4);
+    let tb_dir = TempDir::new("tb");
+    let mut tb = SummaryWriter::new(&tb_dir.0);
+    let (mut loop_t, mut bare_t) = (Vec::new(), Vec::new());
+    for rep in 0..=b.reps.max(1) {
+        let t = Instant::now();
+        let _ = trainer.step(&model, &x, &y, 1e-4)?;
+        log_step(&mut tb, rep as u64, 0.0, 1e-4, 0.0);
+        sync(device);
+        let lt = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let loss = model.forward(&x).cross_entropy_for_logits(&y);
+        bare_sgd.zero_grad();
+        loss.backward();
+        bare_sgd.step(1e-4);
+        sync(device);
+        let bt = t.elapsed().as_secs_f64();
+        if rep > 0 {
+            loop_t.push(lt);
+            bare_t.push(bt);
+        }
+    }
+    drop(tb);
+    let (l, bare) = (median(loop_t), median(bare_t));
+    let mut step_t = Table::new(&["arch", "batch", "trainer step (s)", "bare fwd+bwd+update (s)", "overhead"]);
+    step_t.push(vec![
+        b.arch.to_string(),
+        b.batch.to_string(),
+        format!("{l:.3}"),
+        format!("{bare:.3}"),
+        format!("{:+.1}%", 100.0 * (l / bare - 1.0)),
+    ]);
+    Ok(Report { notes: vec![], tables: vec![loader_t, step_t] })
+}

@@ -1,0 +1,200 @@
+//! `groupcam bench ...`: argument parsing for the library benchmarks in `groupcam::bench`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use tch::Device;
+
+use groupcam::bench;
+use groupcam::cam::Method;
+use groupcam::choice;
+use groupcam::eval::insdel::Preset;
+use groupcam::models::Arch;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Explain time against its own parts (one forward+backward, one (G+1)-image scoring forward).
+    Explain(ExplainArgs),
+    /// An augmented training step against a plain one, faithful and fast settings.
+    Augment(AugmentArgs),
+    /// The loader's images/s per worker and the trainer's step against a bare step.
+    Train(TrainArgs),
+    /// Time per image of each saliency method on the same model and threads.
+    Methods(MethodsArgs),
+    /// Batched insertion/deletion curves against one forward per step.
+    Insdel(InsdelArgs),
+}
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    /// Architectures to measure.
+    #[arg(long, value_delimiter = ',', default_value = "resnet50,efficientnet-lite0", value_parser = choice::parser::<Arch>())]
+    arch: Vec<Arch>,
+    /// Weights for a single --arch (default: random weights; timing does not depend on them).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    #[arg(long, default_value_t = 32)]
+    groups: i64,
+    #[arg(long, default_value_t = 224)]
+    input_size: i64,
+    /// Timed repetitions after one warm-up.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+}
+
+#[derive(Args)]
+pub struct AugmentArgs {
+    /// Architectures to measure (random weights: the cost does not depend on them).
+    #[arg(long, value_delimiter = ',', default_value = "resnet18,resnet50", value_parser = choice::parser::<Arch>())]
+    arch: Vec<Arch>,
+    #[arg(long, default_value_t = 16)]
+    batch: i64,
+    #[arg(long, default_value_t = 16)]
+    groups: i64,
+    #[arg(long, default_value_t = 224)]
+    input_size: i64,
+    /// The fast setting's scoring size.
+    #[arg(long, default_value_t = 112)]
+    fast_score_size: i64,
+    /// The fast setting's apply probability.
+    #[arg(long, default_value_t = 0.5)]
+    fast_probability: f64,
+    /// Timed repetitions after one warm-up, interleaved across the settings.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<i32>,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Architecture of the step measurement.
+    #[arg(long, default_value = "resnet50", value_parser = choice::parser::<Arch>())]
+    arch: Arch,
+    #[arg(long, default_value_t = 16)]
+    batch: i64,
+    #[arg(long, default_value_t = 224)]
+    size: i64,
+    /// Timed repetitions after one warm-up.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Loader worker counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    workers: Vec<usize>,
+    /// Synthetic training images (320 x 320 PNG) decoded per loader measurement.
+    #[arg(long, default_value_t = 96)]
+    images: usize,
+}
+
+#[derive(Args)]
+pub struct MethodsArgs {
+    #[arg(long, default_value = "efficientnet-lite0", value_parser = choice::parser::<Arch>())]
+    arch: Arch,
+    /// Weights (default: random; Score-CAM's time depends on them through its skipped constant channels).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    #[arg(long, value_delimiter = ',', default_value = "groupcam,gradcam,gradcampp,scorecam,rise",
+        value_parser = choice::parser::<Method>())]
+    methods: Vec<Method>,
+    /// An image to explain (default: random noise).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    #[arg(long, default_value_t = 224)]
+    input_size: u32,
+    #[arg(long, default_value_t = 4000)]
+    rise_masks: i64,
+    /// Timed repetitions after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+}
+
+#[derive(Args)]
+pub struct InsdelArgs {
+    #[arg(long, default_value = "efficientnet-lite0", value_parser = choice::parser::<Arch>())]
+    arch: Arch,
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    #[arg(long)]
+    image: Option<PathBuf>,
+    #[arg(long, default_value = "groupcam", value_parser = choice::parser::<Preset>())]
+    preset: Preset,
+    /// Images per forward of the lanes variant (default: the model's).
+    #[arg(long)]
+    chunk: Option<i64>,
+    /// Lanes of the lanes variant (default: the model's).
+    #[arg(long)]
+    lanes: Option<usize>,
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+}
+
+pub fn run(cmd: BenchCommand, device: Device) -> Result<()> {
+    let report = match cmd {
+        BenchCommand::Explain(a) => bench::explain::run(
+            &bench::explain::ExplainBench {
+                archs: a.arch,
+                weights: a.weights,
+                groups: a.groups,
+                input_size: a.input_size,
+                reps: a.reps,
+            },
+            device,
+        )?,
+        BenchCommand::Augment(a) => {
+            if let Some(t) = a.threads {
+                tch::set_num_threads(t);
+            }
+            bench::augment::run(
+                &bench::augment::AugmentBench {
+                    archs: a.arch,
+                    batch: a.batch,
+                    groups: a.groups,
+                    input_size: a.input_size,
+                    fast_score_size: a.fast_score_size,
+                    fast_probability: a.fast_probability,
+                    reps: a.reps,
+                },
+                device,
+            )?
+        }
+        BenchCommand::Train(a) => bench::train::run(
+            &bench::train::TrainBench {
+                arch: a.arch,
+                batch: a.batch,
+                size: a.size,
+                reps: a.reps,
+                workers: a.workers,
+                images: a.images,
+            },
+            device,
+        )?,
+        BenchCommand::Methods(a) => bench::methods::run(
+            &bench::methods::MethodsBench {
+                arch: a.arch,
+                weights: a.weights,
+                methods: a.methods,
+                image: a.image,
+                input_size: a.input_size,
+                rise_masks: a.rise_masks,
+                reps: a.reps,
+            },
+            device,
+        )?,
+        BenchCommand::Insdel(a) => bench::insdel::run(
+            &bench::insdel::InsdelBench {
+                arch: a.arch,
+                weights: a.weights,
+                image: a.image,
+                preset: a.preset,
+                chunk: a.chunk,
+                lanes: a.lanes,
+                reps: a.reps,
+            },
+            device,
+        )?,
+    };
+    print!("{report}");
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! `groupcam doctor`.
+
+use anyhow::Result;
+
+pub fn run() -> Result<()> {
+    print!("{}", groupcam::doctor());
+    Ok(())
+}

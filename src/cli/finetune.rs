@@ -1,0 +1,79 @@
+//! `groupcam finetune`, `synth` and `report`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use groupcam::synth::{self, SynthConfig};
+use groupcam::train::{self, Config, RunOptions, report};
+
+#[derive(Args)]
+pub struct FinetuneArgs {
+    /// The run's YAML config (see configs/).
+    #[arg(long)]
+    config: PathBuf,
+    /// Resume from a checkpoint (e.g. <out>/checkpoints/last.safetensors).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Override a config key, e.g. --set train.lr=0.01 --set data.workers=2 (values are YAML).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// The run directory (overrides the config's `out`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+pub struct SynthArgs {
+    /// Where to write train/, val/ and boxes.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 64)]
+    size: u32,
+    /// Training images per class.
+    #[arg(long, default_value_t = 100)]
+    train: usize,
+    /// Validation images per class.
+    #[arg(long, default_value_t = 20)]
+    val: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// A run directory.
+    run: PathBuf,
+    /// A control run to put beside it.
+    #[arg(long)]
+    control: Option<PathBuf>,
+}
+
+pub fn finetune(a: FinetuneArgs) -> Result<()> {
+    let mut sets = a.sets.clone();
+    if let Some(o) = &a.out {
+        sets.push(format!("out={}", o.display()));
+    }
+    let cfg = Config::load(&a.config, &sets)?;
+    train::run(&cfg, &RunOptions { resume: a.resume, progress: !a.quiet })?;
+    Ok(())
+}
+
+pub fn synth(a: SynthArgs) -> Result<()> {
+    let cfg = SynthConfig { size: a.size, train_per_class: a.train, val_per_class: a.val, seed: a.seed };
+    let n = synth::write(&a.out, &cfg)?;
+    println!("{n} images of {} classes in {} (boxes in boxes.json)", synth::SHAPES.len(), a.out.display());
+    Ok(())
+}
+
+pub fn report(a: ReportArgs) -> Result<()> {
+    let run = report::read_history(&a.run)?;
+    let control = a.control.as_ref().map(|c| report::read_history(c)).transpose()?;
+    print!("{}", report::render(&run, control.as_deref(), &a.run, a.control.as_deref()));
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! Commands: each file parses its arguments into library types, calls one library function and
+//! prints or writes what it returns.
+
+mod augment;
+mod bench;
+mod doctor;
+mod eval;
+mod explain;
+mod finetune;
+mod predict;
+mod sanity;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tch::Device;
+
+use groupcam::choice;
+use groupcam::models::{Arch, Model};
+
+#[derive(Parser)]
+#[command(name = "groupcam", version, about = "Group-CAM saliency maps, metrics and augmentation on libtorch")]
+struct Cli {
+    /// Device: auto (CUDA when libtorch sees a GPU), cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "auto")]
+    device: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the libtorch version, CUDA availability, device count and CPU threads.
+    Doctor,
+    /// Top-k ImageNet classes of images.
+    Predict(predict::PredictArgs),
+    /// Group-CAM saliency maps: an overlay PNG and the raw map (.npy) per image.
+    Explain(explain::ExplainArgs),
+    /// Insertion/deletion and pointing game of saliency methods (paper Sec. 4).
+    Eval(eval::EvalArgs),
+    /// Sanity checks (Adebayo et al.): maps of randomised models against the trained model's.
+    Sanity(sanity::SanityArgs),
+    /// The Group-CAM augmentation of images for their labels: augmented images and masks as PNGs.
+    Augment(augment::AugmentArgs),
+    /// Fine-tune a classifier with the Group-CAM augmentation (paper Sec. 5) from a YAML config.
+    Finetune(finetune::FinetuneArgs),
+    /// Make a small labelled ImageFolder dataset of shapes with COCO boxes.
+    Synth(finetune::SynthArgs),
+    /// Print a run's report, with a control run beside it.
+    Report(finetune::ReportArgs),
+    /// Benchmarks (figures for BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// The model arguments shared by the commands that load one.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Architecture.
+    #[arg(long, value_parser = choice::parser::<Arch>())]
+    pub arch: Arch,
+    /// Weights: a torchvision .pth/.pt state dict, .safetensors or tch .ot.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Input size in pixels; images of exactly this size are used as they are.
+    #[arg(long, default_value_t = 224)]
+    pub input_size: u32,
+}
+
+impl ModelArgs {
+    pub fn load(&self, device: Device) -> Result<Model> {
+        Model::load(self.arch, &self.weights, device)
+    }
+}
+
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let device = groupcam::parse_device(&cli.device).context("--device")?;
+    match cli.command {
+        Command::Doctor => doctor::run(),
+        Command::Predict(a) => predict::run(a, device),
+        Command::Explain(a) => explain::run(a, device),
+        Command::Eval(a) => eval::run(a, device),
+        Command::Sanity(a) => sanity::run(a, device),
+        Command::Augment(a) => augment::run(a, device),
+        Command::Finetune(a) => finetune::finetune(a),
+        Command::Synth(a) => finetune::synth(a),
+        Command::Report(a) => finetune::report(a),
+        Command::Bench(b) => bench::run(b, device),
+    }
+}
