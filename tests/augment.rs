@@ -7,6 +7,7 @@ use std::cell::RefCell;
 
 use common::*;
 use groupcam::augment::{Augmented, GroupCamAugment, Outcome, Precision, Threshold};
+use groupcam::cam::Explainer;
 use groupcam::cam::{ChannelWeights, GroupCam};
 use groupcam::imageio;
 use groupcam::models::{Arch, CamModel, Model, Normalization};

@@ -7,6 +7,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
+use groupcam::cam::Explainer;
 use groupcam::cam::gradcam::GradCam;
 use groupcam::cam::gradcampp::GradCamPlusPlus;
 use groupcam::cam::methods::{METHODS, by_name};

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use groupcam::cam::Explainer;
 use groupcam::cam::gradcam::GradCam;
 use groupcam::cam::{Batching, GroupCam};
 use groupcam::eval::insdel::{self, Mode, Preset, auc};

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use groupcam::cam::Explainer;
 use groupcam::cam::{GroupCam, Variant};
 use groupcam::models::{Arch, CamModel, Model};
 use groupcam::ops::Blur;

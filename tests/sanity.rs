@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use groupcam::cam::Explainer;
 use groupcam::cam::GroupCam;
 use groupcam::cam::gradcam::GradCam;
 use groupcam::eval::insdel::argmax_classes;
