@@ -85,6 +85,8 @@ impl Normalization {
 }
 
 /// The architectures the crate builds, with torchvision's (or efficientnet-pytorch's) names.
+/// Each has one entry in [`Arch::spec`]: adding an architecture is a variant, its entry and
+/// its file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
     Resnet18,
@@ -95,6 +97,17 @@ pub enum Arch {
     Vgg16,
     Vgg19,
     EfficientNetLite0,
+}
+
+/// What the crate knows of an architecture (timm's per-model `_cfg`).
+pub struct ArchSpec {
+    pub name: &'static str,
+    /// Builds the network under `root` with `classes` outputs.
+    pub build: fn(&nn::Path, i64) -> Box<dyn Backbone>,
+    /// The preprocessing its weights expect.
+    pub norm: Normalization,
+    /// The classifier's weight in a state dict (its rows are the classes).
+    pub classifier: &'static str,
 }
 
 impl Arch {
@@ -109,24 +122,69 @@ impl Arch {
         Arch::EfficientNetLite0,
     ];
 
+    pub fn spec(self) -> ArchSpec {
+        use efficientnet_lite::EfficientNetLite;
+        use resnet::ResNet;
+        use vgg::Vgg;
+        let (name, build, norm, classifier): (_, fn(&nn::Path, i64) -> Box<dyn Backbone>, _, _) = match self {
+            Arch::Resnet18 => (
+                "resnet18",
+                |p, c| Box::new(ResNet::new(p, resnet::Config::resnet18(), c)),
+                Normalization::IMAGENET,
+                "fc.weight",
+            ),
+            Arch::Resnet34 => (
+                "resnet34",
+                |p, c| Box::new(ResNet::new(p, resnet::Config::resnet34(), c)),
+                Normalization::IMAGENET,
+                "fc.weight",
+            ),
+            Arch::Resnet50 => (
+                "resnet50",
+                |p, c| Box::new(ResNet::new(p, resnet::Config::resnet50(), c)),
+                Normalization::IMAGENET,
+                "fc.weight",
+            ),
+            Arch::Resnet101 => (
+                "resnet101",
+                |p, c| Box::new(ResNet::new(p, resnet::Config::resnet101(), c)),
+                Normalization::IMAGENET,
+                "fc.weight",
+            ),
+            Arch::Resnet152 => (
+                "resnet152",
+                |p, c| Box::new(ResNet::new(p, resnet::Config::resnet152(), c)),
+                Normalization::IMAGENET,
+                "fc.weight",
+            ),
+            Arch::Vgg16 => (
+                "vgg16",
+                |p, c| Box::new(Vgg::new(p, vgg::Config::vgg16(), c)),
+                Normalization::IMAGENET,
+                "classifier.6.weight",
+            ),
+            Arch::Vgg19 => (
+                "vgg19",
+                |p, c| Box::new(Vgg::new(p, vgg::Config::vgg19(), c)),
+                Normalization::IMAGENET,
+                "classifier.6.weight",
+            ),
+            Arch::EfficientNetLite0 => (
+                "efficientnet-lite0",
+                |p, c| Box::new(EfficientNetLite::new(p, efficientnet_lite::Config::lite0(), c)),
+                Normalization::TF_LITE,
+                "_fc.weight",
+            ),
+        };
+        ArchSpec { name, build, norm, classifier }
+    }
+
     pub fn name(self) -> &'static str {
-        match self {
-            Arch::Resnet18 => "resnet18",
-            Arch::Resnet34 => "resnet34",
-            Arch::Resnet50 => "resnet50",
-            Arch::Resnet101 => "resnet101",
-            Arch::Resnet152 => "resnet152",
-            Arch::Vgg16 => "vgg16",
-            Arch::Vgg19 => "vgg19",
-            Arch::EfficientNetLite0 => "efficientnet-lite0",
-        }
+        self.spec().name
     }
 
     pub fn input_norm(self) -> Normalization {
-        match self {
-            Arch::EfficientNetLite0 => Normalization::TF_LITE,
-            _ => Normalization::IMAGENET,
-        }
+        self.spec().norm
     }
 }
 
@@ -193,21 +251,7 @@ impl Model {
     /// A randomly initialised model (PyTorch's default initialisers as tch implements them).
     pub fn new(arch: Arch, num_classes: i64, device: Device) -> Model {
         let vs = nn::VarStore::new(device);
-        let root = vs.root();
-        let net: Box<dyn Backbone> = match arch {
-            Arch::Resnet18 => Box::new(resnet::ResNet::new(&root, resnet::Config::resnet18(), num_classes)),
-            Arch::Resnet34 => Box::new(resnet::ResNet::new(&root, resnet::Config::resnet34(), num_classes)),
-            Arch::Resnet50 => Box::new(resnet::ResNet::new(&root, resnet::Config::resnet50(), num_classes)),
-            Arch::Resnet101 => Box::new(resnet::ResNet::new(&root, resnet::Config::resnet101(), num_classes)),
-            Arch::Resnet152 => Box::new(resnet::ResNet::new(&root, resnet::Config::resnet152(), num_classes)),
-            Arch::Vgg16 => Box::new(vgg::Vgg::new(&root, vgg::Config::vgg16(), num_classes)),
-            Arch::Vgg19 => Box::new(vgg::Vgg::new(&root, vgg::Config::vgg19(), num_classes)),
-            Arch::EfficientNetLite0 => Box::new(efficientnet_lite::EfficientNetLite::new(
-                &root,
-                efficientnet_lite::Config::lite0(),
-                num_classes,
-            )),
-        };
+        let net = (arch.spec().build)(&vs.root(), num_classes);
         Model { arch, vs, net, classes: num_classes, training: Cell::new(false) }
     }
 
