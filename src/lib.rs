@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cam;
 pub mod choice;
 pub mod data;
+pub mod error;
 pub mod eval;
 pub mod explain;
 pub mod files;

@@ -28,20 +28,8 @@
 //! baseline and G masked inputs), in forwards of at most `max_batch` images: about
 //! (G + 2) / 3 training steps of the same batch for G = 16 at full resolution.
 //!
-//! Measured cost of the speed options: an augmented training step over a plain one, CPU, one
-//! thread, batch 16, G = 16, 224 px (`groupcam bench augment`, BENCHMARKS.md, "Augmentation
-//! (issue 3)"):
-//!
-//! | setting | ResNet-18 | ResNet-50 |
-//! |---|---|---|
-//! | faithful ([`GroupCamAugment::default`]) | 6.66 | 5.51 |
-//! | `score_size: Some(112)` | 2.71 | 2.39 |
-//! | `probability: 0.5` | 3.83 | 3.19 |
-//! | both ([`GroupCamAugment::fast`]) | 1.79 | 1.78 |
-//! | `precision: F16Autocast` | CUDA only, not measured yet | |
-//!
-//! Scoring at 112 changed 7-15% of the mask pixels on the test photos, about twice what a
-//! one-pixel shift of the input changes.
+//! The measured cost of each speed option (score resolution, apply probability, f16) is in
+//! BENCHMARKS.md, "Augmentation" (`groupcam bench augment`).
 
 mod mask;
 pub mod preview;
@@ -166,7 +154,7 @@ impl Stats {
 }
 
 impl GroupCamAugment {
-    /// The fast setting: half of the images, scored at 112 pixels (1.8 plain steps on CPU).
+    /// The fast setting: half of the images, scored at 112 pixels (its cost: BENCHMARKS.md).
     pub fn fast() -> Self {
         GroupCamAugment { score_size: Some(112), probability: 0.5, ..Default::default() }
     }

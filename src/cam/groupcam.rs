@@ -110,7 +110,7 @@ impl GroupCam {
         }
         let k = model.target_channels();
         if self.groups < 1 || self.groups > k {
-            bail!("--groups {} is out of range: the target layer has {k} channels (1..={k})", self.groups);
+            bail!("G = {} groups is out of range: the target layer has {k} channels (1..={k})", self.groups);
         }
         if let Some(t) = self.denoise {
             if !(0.0..=100.0).contains(&t) {

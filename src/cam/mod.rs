@@ -11,6 +11,7 @@ pub mod scorecam;
 use anyhow::{Result, bail};
 use tch::{Device, Kind, Tensor};
 
+use crate::error::ClassError;
 use crate::models::CamModel;
 use crate::ops;
 
@@ -94,10 +95,10 @@ pub fn activations(model: &dyn CamModel, x: &Tensor, classes: Option<&[i64]>, wi
 
 fn class_tensor(classes: &[i64], n: i64, num_classes: i64, device: Device) -> Result<Tensor> {
     if classes.len() as i64 != n {
-        bail!("{} classes given for {n} images", classes.len());
+        return Err(ClassError::Count { given: classes.len(), images: n }.into());
     }
     if let Some(&c) = classes.iter().find(|&&c| c < 0 || c >= num_classes) {
-        bail!("class {c} is out of range: the model has {num_classes} classes (0..{})", num_classes - 1);
+        return Err(ClassError::OutOfRange { class: c, classes: num_classes }.into());
     }
     Ok(Tensor::from_slice(classes).to_device(device))
 }
@@ -218,7 +219,7 @@ unsafe impl Send for Shared<'_> {}
 unsafe impl Sync for Shared<'_> {}
 
 /// Images per forward on a device with one lane: on this 2-core CPU, ResNet-50 forwards of 8
-/// images run 2.5x faster per image than one forward of 128.
+/// images run faster per image than one large forward (BENCHMARKS.md, "Scoring lanes").
 pub fn default_chunk(device: Device) -> i64 {
     match device {
         Device::Cpu => 8,

@@ -267,7 +267,7 @@ impl Config {
         let mut value: serde_yaml::Value =
             serde_yaml::from_str(&text).with_context(|| format!("{} is not valid YAML", path.display()))?;
         for s in sets {
-            set(&mut value, s).with_context(|| format!("--set {s}"))?;
+            set(&mut value, s).with_context(|| format!("override {s}"))?;
         }
         Config::from_value(value).with_context(|| format!("config {}", path.display()))
     }
