@@ -8,10 +8,29 @@ use tch::{Kind, Tensor};
 
 use crate::models::Normalization;
 
-/// Decodes any supported image (JPEG, PNG; grey, alpha, 16-bit) to 8-bit RGB.
+/// Input sizes the models accept here: below 16 pixels the networks' target layers have no
+/// spatial extent worth explaining; above 1024 one image's activations need many GB.
+pub const MIN_INPUT_SIZE: u32 = 16;
+pub const MAX_INPUT_SIZE: u32 = 1024;
+
+pub fn check_input_size(size: u32) -> Result<()> {
+    if !(MIN_INPUT_SIZE..=MAX_INPUT_SIZE).contains(&size) {
+        bail!("input size {size} is out of range: {MIN_INPUT_SIZE}..={MAX_INPUT_SIZE} pixels");
+    }
+    Ok(())
+}
+
+/// Decodes any supported image (JPEG, PNG; grey, alpha, 16-bit) to 8-bit RGB. A truncated
+/// JPEG or PNG is an error ([`check_complete`]), as in PIL, not a silently different image.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let reader = image::ImageReader::open(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
+    let bytes = std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;
+    decode_rgb(&bytes, path)
+}
+
+/// [`load_rgb`] of bytes already read from `path` (named in errors).
+pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    check_complete(bytes, path)?;
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .with_context(|| format!("cannot read image {}", path.display()))?;
     let img =
@@ -20,6 +39,87 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
         bail!("image {} is empty", path.display());
     }
     Ok(img.to_rgb8())
+}
+
+/// Refuses a JPEG or PNG file that ends before its end marker (JPEG EOI, PNG IEND): the
+/// `image` crate decodes a truncated JPEG without an error, filling in what is missing. Other
+/// formats pass; their decoders see their own truncation.
+pub fn check_complete(bytes: &[u8], path: &Path) -> Result<()> {
+    let complete = if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        jpeg_complete(bytes)
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        png_complete(bytes)
+    } else {
+        return Ok(());
+    };
+    if !complete {
+        bail!("image {} is truncated: the file ends before its end-of-image marker", path.display());
+    }
+    Ok(())
+}
+
+/// Walks the JPEG's segments (skipping each by its length, and the entropy-coded data after
+/// each SOS up to the next real marker) and says whether an EOI marker is reached.
+fn jpeg_complete(b: &[u8]) -> bool {
+    let n = b.len();
+    let mut i = 2;
+    loop {
+        // Anything between segments is tolerated (libjpeg warns of "extraneous bytes").
+        while i < n && b[i] != 0xFF {
+            i += 1;
+        }
+        while i < n && b[i] == 0xFF {
+            i += 1;
+        }
+        if i >= n {
+            return false;
+        }
+        let marker = b[i];
+        i += 1;
+        match marker {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD8 => {}
+            _ => {
+                if i + 2 > n {
+                    return false;
+                }
+                let len = u16::from_be_bytes([b[i], b[i + 1]]) as usize;
+                if len < 2 || i + len > n {
+                    return false;
+                }
+                i += len;
+                if marker == 0xDA {
+                    // Entropy-coded data: FF 00 is a stuffed byte, FF D0-D7 a restart marker.
+                    loop {
+                        if i + 1 >= n {
+                            return false;
+                        }
+                        if b[i] == 0xFF && b[i + 1] != 0x00 && !(0xD0..=0xD7).contains(&b[i + 1]) {
+                            break;
+                        }
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Walks the PNG's chunks and says whether the IEND chunk is reached whole.
+fn png_complete(b: &[u8]) -> bool {
+    let mut i = 8;
+    while i + 12 <= b.len() {
+        let len = u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
+        let Some(end) = (i + 12).checked_add(len) else { return false };
+        if end > b.len() {
+            return false;
+        }
+        if &b[i + 4..i + 8] == b"IEND" {
+            return true;
+        }
+        i = end;
+    }
+    false
 }
 
 /// The evaluation resize for an input size: 256 at 224, in proportion elsewhere.
@@ -64,6 +164,7 @@ pub fn to_image(x: &Tensor) -> Result<RgbImage> {
 
 /// Loads, crops and normalises images into one N x 3 x S x S batch; the photos in [0, 1] come back too.
 pub fn load_batch(paths: &[impl AsRef<Path>], size: u32, norm: &Normalization) -> Result<(Tensor, Tensor)> {
+    check_input_size(size)?;
     let mut raw = Vec::new();
     for p in paths {
         let img = eval_crop(&load_rgb(p.as_ref())?, size, eval_resize(size))
@@ -94,11 +195,7 @@ pub fn overlay(photo: &Tensor, map: &Tensor) -> Result<RgbImage> {
     Ok(img)
 }
 
-/// Writes a map as `.npy` (float32, H x W).
+/// Writes a map as `.npy` (float32, H x W), atomically.
 pub fn write_npy(map: &Tensor, path: &Path) -> Result<()> {
-    map.to_kind(Kind::Float)
-        .to_device(tch::Device::Cpu)
-        .contiguous()
-        .write_npy(path)
-        .with_context(|| format!("cannot write {}", path.display()))
+    crate::atomic::write_npy(map, path)
 }

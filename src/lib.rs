@@ -1,6 +1,7 @@
 //! Group-CAM on libtorch: the explainer of the paper, its baselines and metrics, and a
 //! backprop-free training-time augmentation built on the same core.
 
+pub mod atomic;
 pub mod augment;
 pub mod bench;
 pub mod cam;
@@ -12,10 +13,12 @@ pub mod explain;
 pub mod files;
 pub mod imageio;
 pub mod imagenet;
+pub mod interrupt;
 pub mod models;
 pub mod ops;
 pub mod plot;
 pub mod predict;
+pub mod rundir;
 pub mod synth;
 pub mod train;
 

@@ -49,7 +49,10 @@ pub fn run(b: &TrainBench, device: Device) -> Result<Report> {
             seed: 0,
         };
         let t = Instant::now();
-        let got: i64 = loader.epoch(0, 0).map(|b| b.images.size()[0]).sum();
+        let mut got = 0i64;
+        for b in loader.epoch(0, 0) {
+            got += b?.images.size()[0];
+        }
         let s = t.elapsed().as_secs_f64();
         loader_t.push(vec![
             w.to_string(),

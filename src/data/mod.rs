@@ -3,11 +3,12 @@
 
 pub mod transforms;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::thread;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use crossbeam_channel::{bounded, unbounded};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -126,36 +127,54 @@ impl Loader {
     }
 
     /// Iterates over the batches of `epoch`, from `start` on, decoded by `workers` threads.
-    pub fn epoch(&self, epoch: usize, start: usize) -> impl Iterator<Item = Batch> + use<> {
+    /// A file that cannot be decoded is skipped and reported in its batch; anything else that
+    /// goes wrong in a worker (a panic included) is an `Err` item, after which the iterator
+    /// ends: an epoch never ends early without saying so.
+    pub fn epoch(&self, epoch: usize, start: usize) -> impl Iterator<Item = Result<Batch>> + use<> {
         let plan: Vec<(usize, Vec<usize>)> = self.batches(epoch).into_iter().enumerate().skip(start).collect();
+        let end = start + plan.len();
         let (job_tx, job_rx) = unbounded::<(usize, Vec<usize>)>();
         for job in plan {
             job_tx.send(job).expect("queue open");
         }
         drop(job_tx);
-        let (out_tx, out_rx) = bounded::<(usize, Batch)>(self.prefetch.max(1));
+        let (out_tx, out_rx) = bounded::<(usize, Result<Batch>)>(self.prefetch.max(1));
         for _ in 0..self.workers.max(1) {
             let (jobs, out, me) = (job_rx.clone(), out_tx.clone(), self.clone());
             thread::spawn(move || {
                 while let Ok((b, idx)) = jobs.recv() {
-                    if out.send((b, me.make_batch(epoch, &idx))).is_err() {
+                    let made = catch_unwind(AssertUnwindSafe(|| me.make_batch(epoch, &idx))).unwrap_or_else(|p| {
+                        Err(anyhow!("a loader worker panicked on batch {b}: {}", panic_message(p.as_ref())))
+                    });
+                    if out.send((b, made)).is_err() {
                         return;
                     }
                 }
             });
         }
         drop(out_tx);
-        Reorder { rx: out_rx, next: start, pending: Default::default() }
+        Reorder { rx: out_rx, next: start, end, pending: Default::default(), failed: false }
     }
 
-    fn make_batch(&self, epoch: usize, idx: &[usize]) -> Batch {
+    fn make_batch(&self, epoch: usize, idx: &[usize]) -> Result<Batch> {
         let mut images = Vec::new();
         let mut labels = Vec::new();
         let mut skipped = Vec::new();
         for &i in idx {
             let (path, label) = &self.data.samples[i];
             let mut rng = StdRng::seed_from_u64(mix(self.seed, epoch as u64, i as u64));
-            match transforms::load(path, self.transform, &mut rng) {
+            // A decoder error is the file's fault (skipped and counted); a panic is the
+            // transform's or its settings' (the run stops, naming the image it happened on).
+            let loaded =
+                catch_unwind(AssertUnwindSafe(|| transforms::load(path, self.transform, &mut rng))).map_err(|p| {
+                    anyhow!(
+                        "the {:?} transform panicked on {}: {}",
+                        self.transform,
+                        path.display(),
+                        panic_message(p.as_ref())
+                    )
+                })?;
+            match loaded {
                 Ok(t) => {
                     images.push(t);
                     labels.push(*label);
@@ -168,28 +187,79 @@ impl Loader {
         } else {
             self.norm.apply(&Tensor::stack(&images, 0))
         };
-        Batch { images, labels: Tensor::from_slice(&labels), skipped }
+        Ok(Batch { images, labels: Tensor::from_slice(&labels), skipped })
     }
+}
+
+/// A panic's message, when it has one.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// Hands batches out in plan order whatever order the workers finish them in.
 struct Reorder {
-    rx: crossbeam_channel::Receiver<(usize, Batch)>,
+    rx: crossbeam_channel::Receiver<(usize, Result<Batch>)>,
     next: usize,
-    pending: std::collections::BTreeMap<usize, Batch>,
+    end: usize,
+    pending: std::collections::BTreeMap<usize, Result<Batch>>,
+    failed: bool,
 }
 
 impl Iterator for Reorder {
-    type Item = Batch;
-    fn next(&mut self) -> Option<Batch> {
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Result<Batch>> {
+        if self.failed || self.next >= self.end {
+            return None;
+        }
         loop {
             if let Some(b) = self.pending.remove(&self.next) {
                 self.next += 1;
+                self.failed = b.is_err();
                 return Some(b);
             }
-            let (i, b) = self.rx.recv().ok()?;
-            self.pending.insert(i, b);
+            match self.rx.recv() {
+                Ok((i, b)) => {
+                    self.pending.insert(i, b);
+                }
+                Err(_) => {
+                    self.failed = true;
+                    return Some(Err(anyhow!(
+                        "the loader's workers stopped after batch {} of {}",
+                        self.next,
+                        self.end
+                    )));
+                }
+            }
         }
+    }
+}
+
+/// Files that could not be decoded: every skip is counted, each file named once.
+#[derive(Debug, Default)]
+pub struct Skips {
+    named: HashSet<PathBuf>,
+    /// Skips since the last [`Skips::take_count`].
+    pub count: usize,
+}
+
+impl Skips {
+    /// Counts a batch's skips; returns a line for each file not named before.
+    pub fn record(&mut self, batch: &Batch) -> Vec<String> {
+        self.count += batch.skipped.len();
+        batch
+            .skipped
+            .iter()
+            .filter(|(p, _)| self.named.insert(p.clone()))
+            .map(|(p, why)| format!("skipped {}: {why}", p.display()))
+            .collect()
+    }
+
+    /// The count so far, which starts again from zero.
+    pub fn take_count(&mut self) -> usize {
+        std::mem::take(&mut self.count)
     }
 }
 

@@ -283,6 +283,7 @@ impl Config {
 
     /// Values and paths, checked before any work starts.
     pub fn validate(&self) -> Result<()> {
+        super::validate::ranges(self)?;
         let t = &self.train;
         if t.epochs == 0 || t.batch_size == 0 {
             bail!("key 'train.epochs' and 'train.batch_size' must be positive");

@@ -10,6 +10,7 @@ pub mod report;
 pub mod saliency;
 pub mod scaler;
 pub mod sgd;
+pub mod validate;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -346,6 +347,7 @@ impl Run<'_> {
         let mut stats = EpochStats::default();
         self.model.set_training(true);
         for batch in self.loaders.train.epoch(epoch, 0).take(steps) {
+            let batch = batch?;
             for (p, why) in &batch.skipped {
                 stats.skipped += 1;
                 if self.named_skips.insert(p.clone()) {
@@ -515,6 +517,7 @@ impl Trainer {
 pub fn evaluate(model: &dyn CamModel, loader: &Loader, device: Device) -> Result<(f64, f64)> {
     let (mut n, mut t1, mut t5) = (0i64, 0i64, 0i64);
     for batch in loader.epoch(0, 0) {
+        let batch = batch?;
         if batch.images.size()[0] == 0 {
             continue;
         }
@@ -594,7 +597,7 @@ fn make_probe(val: &Loader, n: usize, device: Device) -> Result<Option<saliency:
         return Ok(None);
     }
     let probe_loader = Loader { batch_size: n, ..val.clone() };
-    let batch = probe_loader.epoch(0, 0).next().context("empty validation set")?;
+    let batch = probe_loader.epoch(0, 0).next().context("empty validation set")??;
     let photos = val.norm.invert(&batch.images);
     Ok(Some(saliency::Probe {
         images: batch.images.to_device(device),
