@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use image::RgbImage;
 use tch::{Device, Tensor};
 
@@ -60,7 +60,7 @@ pub fn write(items: &[ExplainedImage], dir: &Path) -> Result<Vec<PathBuf>> {
         .iter()
         .map(|it| {
             let png = dir.join(format!("{}.png", it.stem));
-            it.overlay.save(&png).with_context(|| format!("cannot write {}", png.display()))?;
+            crate::atomic::save_png(&it.overlay, &png)?;
             imageio::write_npy(&it.map, &dir.join(format!("{}.npy", it.stem)))?;
             Ok(png)
         })

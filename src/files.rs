@@ -49,8 +49,7 @@ pub fn write_json(value: &impl serde::Serialize, path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    std::fs::write(path, serde_json::to_string_pretty(&value)?)
-        .with_context(|| format!("cannot write {}", path.display()))
+    crate::atomic::write_bytes(path, serde_json::to_string_pretty(&value)?.as_bytes())
 }
 
 /// Creates a directory (and its parents), naming it on failure.

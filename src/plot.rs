@@ -108,7 +108,7 @@ pub fn save(img: &RgbImage, path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    img.save(path).with_context(|| format!("cannot write figure {}", path.display()))
+    crate::atomic::save_png(img, path).context("figure")
 }
 
 /// 3 x 5 glyphs, rows top to bottom, 3 bits per row (MSB left); letters are drawn lower-case.

@@ -16,7 +16,9 @@ pub struct Prediction {
 
 /// The `k` most probable classes of each image of a normalised batch.
 pub fn topk(model: &dyn CamModel, x: &Tensor, k: i64) -> Result<Vec<Vec<Prediction>>> {
-    let k = k.clamp(1, model.num_classes());
+    if k < 1 || k > model.num_classes() {
+        anyhow::bail!("top-k {k} is out of range: the model has {} classes (1..={0})", model.num_classes());
+    }
     let probs = tch::no_grad(|| model.logits_eval(x).softmax(-1, Kind::Double));
     let (p, idx) = probs.topk(k, -1, true, true);
     let p = Vec::<Vec<f64>>::try_from(p.to_device(tch::Device::Cpu))?;

@@ -4,11 +4,15 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use image::{Rgb, RgbImage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+
+/// Shapes need a few pixels to be told apart; the upper bound keeps a typo from filling a disk.
+pub const MIN_SIZE: u32 = 16;
+pub const MAX_SIZE: u32 = 1024;
 
 pub const SHAPES: [&str; 6] = ["circle", "cross", "diamond", "ring", "square", "triangle"];
 
@@ -110,6 +114,13 @@ pub fn sample(rng: &mut StdRng, shape: &str, s: u32) -> (RgbImage, [u32; 4]) {
 /// Writes `train/<shape>/NNNN.png`, `val/<shape>/NNNN.png` and `boxes.json` (COCO format:
 /// file names relative to `out`, category ids 1..=6 in class order, names = folder names).
 pub fn write(out: &Path, cfg: &SynthConfig) -> Result<usize> {
+    // Checked before the first folder is made: a bad size leaves nothing behind.
+    if !(MIN_SIZE..=MAX_SIZE).contains(&cfg.size) {
+        bail!("synth image size {} is out of range: {MIN_SIZE}..={MAX_SIZE} pixels", cfg.size);
+    }
+    if cfg.train_per_class == 0 && cfg.val_per_class == 0 {
+        bail!("synth: no images asked for (0 training and 0 validation images per class)");
+    }
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let (mut images, mut annotations) = (Vec::new(), Vec::new());
     for (split, n) in [("train", cfg.train_per_class), ("val", cfg.val_per_class)] {
@@ -119,7 +130,7 @@ pub fn write(out: &Path, cfg: &SynthConfig) -> Result<usize> {
             for i in 0..n {
                 let (img, bbox) = sample(&mut rng, shape, cfg.size);
                 let rel = format!("{split}/{shape}/{i:04}.png");
-                img.save(out.join(&rel)).with_context(|| format!("cannot write {rel}"))?;
+                crate::atomic::save_png(&img, &out.join(&rel))?;
                 let id = images.len() + 1;
                 images.push(json!({"id": id, "file_name": rel, "width": cfg.size, "height": cfg.size}));
                 annotations.push(json!({
@@ -131,6 +142,6 @@ pub fn write(out: &Path, cfg: &SynthConfig) -> Result<usize> {
     }
     let categories: Vec<_> = SHAPES.iter().enumerate().map(|(i, s)| json!({"id": i + 1, "name": s})).collect();
     let coco = json!({"images": images, "annotations": annotations, "categories": categories});
-    std::fs::write(out.join("boxes.json"), serde_json::to_string(&coco)?).context("cannot write boxes.json")?;
+    crate::atomic::write_bytes(&out.join("boxes.json"), serde_json::to_string(&coco)?.as_bytes())?;
     Ok(images.len())
 }

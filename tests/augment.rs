@@ -179,7 +179,17 @@ fn no_graph_is_built() {
     let x = x.set_requires_grad(true);
     let out = tch::with_grad(|| GroupCamAugment::default().augment(&model, &x, &y)).unwrap();
     assert!(!out.images.requires_grad() && !out.masks.requires_grad(), "the output is part of a graph");
-    assert!(!x.grad().defined(), "something reached the input's gradient");
+    // A backward from the outputs: the `x * 0` term makes it run whatever the augmentation did
+    // and gives the input a zero gradient; a graph kept from the input to the augmented images
+    // (which keep the input where the mask is 1) would add ones there.
+    let loss = tch::with_grad(|| {
+        (&x * 0.0).sum(tch::Kind::Float) + out.images.sum(tch::Kind::Float) + out.masks.sum(tch::Kind::Float)
+    });
+    loss.backward();
+    let g = x.grad();
+    assert!(g.defined(), "the backward did not reach the input at all");
+    assert_eq!(g.abs().max().double_value(&[]), 0.0, "the augmented images carry a graph back to the input");
+    assert!(out.stats.augmented() > 0, "nothing was augmented, so nothing was tested");
 }
 
 /// EfficientNet-Lite0 whose target layer is NaN for images filled with 1000 and constant for

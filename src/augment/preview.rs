@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use image::RgbImage;
 use tch::{Device, Tensor};
 
@@ -63,8 +63,8 @@ pub fn write(items: &[Preview], dir: &Path) -> Result<Vec<PathBuf>> {
         .map(|it| {
             let (img, mask) =
                 (dir.join(format!("{}-augmented.png", it.stem)), dir.join(format!("{}-mask.png", it.stem)));
-            it.image.save(&img).with_context(|| format!("cannot write {}", img.display()))?;
-            it.mask.save(&mask).with_context(|| format!("cannot write {}", mask.display()))?;
+            crate::atomic::save_png(&it.image, &img)?;
+            crate::atomic::save_png(&it.mask, &mask)?;
             Ok(img)
         })
         .collect()

@@ -172,8 +172,9 @@ pub fn score_batched(
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<(usize, Tensor, Tensor)>(batching.lanes);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, Tensor)>();
     // The inputs are made here on one thread: cheap next to the forwards, and it leaves the
-    // cores to the lanes.
-    tch::set_num_threads(1);
+    // cores to the lanes. The count is process-wide: the guard gives the caller its own back,
+    // on a lane's panic too.
+    let _threads = ThreadCount::set(1, threads);
     let mut parts = std::thread::scope(|s| {
         for _ in 0..batching.lanes {
             let (jobs, done, shared) = (jobs_rx.clone(), done_tx.clone(), &shared);
@@ -200,10 +201,27 @@ pub fn score_batched(
         drop(jobs_tx);
         done_rx.iter().collect::<Vec<_>>()
     });
-    // The lanes set the process-wide thread count; give the caller its own back.
-    tch::set_num_threads(threads);
+    drop(_threads);
     parts.sort_by_key(|(k, _)| *k);
     Tensor::cat(&parts.into_iter().map(|(_, p)| p).collect::<Vec<_>>(), 0)
+}
+
+/// Sets libtorch's process-wide intra-op thread count, and restores `restore` when dropped.
+pub struct ThreadCount {
+    restore: i32,
+}
+
+impl ThreadCount {
+    pub fn set(n: i32, restore: i32) -> ThreadCount {
+        tch::set_num_threads(n);
+        ThreadCount { restore }
+    }
+}
+
+impl Drop for ThreadCount {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.restore);
+    }
 }
 
 fn class_probs(model: &dyn CamModel, inputs: &Tensor, classes: &Tensor) -> Tensor {

@@ -336,9 +336,7 @@ pub fn evaluate(
                     let map = exp.maps.get(i as i64).to_device(tch::Device::Cpu);
                     imageio::write_npy(&map, &d.join(format!("{stem}.npy")))?;
                     let png = d.join(format!("{stem}.png"));
-                    imageio::overlay(&photos.get((start + i) as i64), &map)?
-                        .save(&png)
-                        .with_context(|| format!("cannot write {}", png.display()))?;
+                    crate::atomic::save_png(&imageio::overlay(&photos.get((start + i) as i64), &map)?, &png)?;
                 }
             }
         }

@@ -32,9 +32,11 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
             path.display()
         )
     } else if ext == "safetensors" {
-        Tensor::read_safetensors(path).with_context(|| format!("{} is not a valid safetensors file", path.display()))?
+        Tensor::read_safetensors(path)
+            .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {}", path.display(), torch_message(&e)))?
     } else if ext == "ot" {
-        Tensor::load_multi(path).with_context(|| format!("{} is not a valid tch .ot file", path.display()))?
+        Tensor::load_multi(path)
+            .map_err(|e| anyhow::anyhow!("{} is not a valid tch .ot file: {}", path.display(), torch_message(&e)))?
     } else {
         bail!(
             "{}: unrecognised weights format (expected a torch.save state dict .pth/.pt, .safetensors or .ot)",
@@ -52,6 +54,14 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         bail!("{} holds no tensors", path.display());
     }
     Ok(out)
+}
+
+/// A libtorch error without its C++ backtrace: the first line, which says what went wrong.
+pub fn torch_message(e: &tch::TchError) -> String {
+    let text = e.to_string();
+    let text = text.split("Exception raised from").next().unwrap_or("");
+    let first = text.lines().next().unwrap_or("").trim();
+    first.strip_prefix("Internal torch error: ").unwrap_or(first).to_string()
 }
 
 fn read_torch_zip(path: &Path) -> Result<Vec<(String, Tensor)>> {
@@ -197,5 +207,5 @@ pub fn save_torchvision(vs: &nn::VarStore, path: &Path, steps: i64) -> Result<()
             named.push((format!("{prefix}.num_batches_tracked"), Tensor::from(steps)));
         }
     }
-    Tensor::write_safetensors(&named, path).with_context(|| format!("cannot write {}", path.display()))
+    crate::atomic::write_safetensors(&named, path)
 }

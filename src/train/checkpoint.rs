@@ -56,15 +56,14 @@ pub fn save(path: &Path, vs: &nn::VarStore, sgd: &Sgd, saliency: Option<&Tensor>
     }
     let json = serde_json::to_vec(meta)?;
     named.push(("meta".into(), Tensor::from_slice(&json)));
-    let tmp = path.with_extension("tmp");
-    Tensor::write_safetensors(&named, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    crate::atomic::write_safetensors(&named, path)
 }
 
 /// Restores weights, momentum and state; returns the state and the last probe maps.
 pub fn load(path: &Path, vs: &mut nn::VarStore, sgd: &mut Sgd) -> Result<(Meta, Option<Tensor>)> {
-    let named = Tensor::read_safetensors(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let named = Tensor::read_safetensors(path).map_err(|e| {
+        anyhow::anyhow!("cannot read checkpoint {}: {}", path.display(), crate::models::weights::torch_message(&e))
+    })?;
     let mut meta = None;
     let mut saliency = None;
     let mut model = std::collections::BTreeMap::new();

@@ -179,7 +179,7 @@ impl RunDir {
         for d in [&dir.out, &dir.checkpoints, &dir.saliency] {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
         }
-        std::fs::write(dir.out.join("config.yaml"), serde_yaml::to_string(cfg)?)?;
+        crate::atomic::write_bytes(&dir.out.join("config.yaml"), serde_yaml::to_string(cfg)?.as_bytes())?;
         Ok(dir)
     }
 
@@ -431,7 +431,10 @@ impl Run<'_> {
     fn finish(self) -> Result<RunSummary> {
         let out = self.dir.out;
         weights::save_torchvision(&self.model.vs, &out.join("final.safetensors"), self.meta.step as i64)?;
-        std::fs::write(out.join("report.md"), report::render(&self.meta.history, None, &out, None))?;
+        crate::atomic::write_bytes(
+            &out.join("report.md"),
+            report::render(&self.meta.history, None, &out, None).as_bytes(),
+        )?;
         println!("final weights: {}", out.join("final.safetensors").display());
         println!("report: {}", out.join("report.md").display());
         Ok(RunSummary { out, history: self.meta.history, best_top1: self.meta.best_top1 })
@@ -609,7 +612,7 @@ fn make_probe(val: &Loader, n: usize, device: Device) -> Result<Option<saliency:
 fn save_grid(tb: &mut SummaryWriter, dir: &Path, probe: &saliency::Probe, maps: &Tensor, epoch: usize) -> Result<()> {
     let img = saliency::grid(&probe.photos, maps)?;
     let path = dir.join(format!("epoch-{epoch:03}.png"));
-    img.save(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    crate::atomic::save_png(&img, &path)?;
     let (w, h) = img.dimensions();
     tb.add_image("saliency/probe", img.as_raw(), &[3, h as usize, w as usize], epoch);
     Ok(())

@@ -9,10 +9,7 @@ use anyhow::{Context, Result};
 use super::checkpoint::EpochRecord;
 
 pub fn write_history(out: &Path, history: &[EpochRecord]) -> Result<()> {
-    let tmp = out.join("history.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(history)?)?;
-    std::fs::rename(&tmp, out.join("history.json"))?;
-    Ok(())
+    crate::atomic::write_bytes(&out.join("history.json"), serde_json::to_string_pretty(history)?.as_bytes())
 }
 
 pub fn read_history(run: &Path) -> Result<Vec<EpochRecord>> {
