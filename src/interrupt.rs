@@ -23,6 +23,11 @@ extern "C" fn on_sigint(_: libc::c_int) {
     unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
 }
 
+/// Has Ctrl-C been pressed since the last [`Interrupt::install`]?
+pub fn requested() -> bool {
+    REQUESTED.load(Ordering::SeqCst)
+}
+
 /// The SIGINT handler, installed for the value's lifetime (the default action comes back on drop).
 pub struct Interrupt {
     previous: libc::sighandler_t,

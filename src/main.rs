@@ -5,6 +5,7 @@ mod cli;
 fn main() {
     if let Err(e) = cli::run() {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        let interrupted = e.downcast_ref::<groupcam::interrupt::Interrupted>().is_some();
+        std::process::exit(if interrupted { groupcam::interrupt::EXIT_CODE } else { 1 });
     }
 }

@@ -25,6 +25,9 @@ pub struct FinetuneArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Clear a directory that already holds a run before starting a new one there.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -60,7 +63,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         sets.push(format!("out={}", o.display()));
     }
     let cfg = Config::load(&a.config, &sets)?;
-    train::run(&cfg, &RunOptions { resume: a.resume, progress: !a.quiet })?;
+    train::run(&cfg, &RunOptions { resume: a.resume, progress: !a.quiet, overwrite: a.overwrite })?;
     Ok(())
 }
 

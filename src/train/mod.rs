@@ -12,6 +12,9 @@ pub mod scaler;
 pub mod sgd;
 pub mod validate;
 
+use crate::interrupt::{Interrupt, Interrupted};
+use crate::rundir::{Reuse, RunDir as LockedDir};
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -44,6 +47,8 @@ pub struct RunOptions {
     pub resume: Option<PathBuf>,
     /// Draw progress bars (they draw nothing when stderr is not a terminal anyway).
     pub progress: bool,
+    /// Clear a directory that already holds a run (`--overwrite`); otherwise only a resume reuses one.
+    pub overwrite: bool,
 }
 
 /// The part of the run an epoch belongs to.
@@ -172,6 +177,13 @@ struct RunDir {
     saliency: PathBuf,
 }
 
+/// The Ctrl-C error, naming the last checkpoint when there is one.
+fn interrupted(run: &Run, at: String) -> anyhow::Error {
+    let last = run.dir.last();
+    let checkpoint = last.exists().then(|| (last, run.meta.epoch));
+    Interrupted { at, checkpoint }.into()
+}
+
 impl RunDir {
     fn create(cfg: &Config) -> Result<RunDir> {
         let out = cfg.out.clone();
@@ -279,7 +291,6 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     let loaders = Loaders::build(cfg)?;
     let mut model = build_model(cfg, loaders.num_classes(), &loaders.train.data.root, device)?;
     let mut sgd = Sgd::new(&model.vs, cfg.train.momentum, cfg.train.weight_decay);
-    let dir = RunDir::create(cfg)?;
     let mut meta = Meta {
         loss_scale: LossScaler::INITIAL,
         arch: cfg.arch.name().to_string(),
@@ -287,11 +298,35 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         ..Default::default()
     };
     let mut prev_maps = None;
+    // The checkpoint is read and checked before anything is written: a failed resume changes nothing.
     if let Some(r) = &opts.resume {
         let (m, s) = checkpoint::load(r, &mut model.vs, &mut sgd)?;
+        if m.arch != cfg.arch.name() {
+            bail!("{} is a checkpoint of a {} run, but the config's arch is {}", r.display(), m.arch, cfg.arch.name());
+        }
+        if m.epoch >= cfg.train.epochs {
+            bail!(
+                "{} already holds {} epochs and train.epochs is {}: nothing to resume (raise train.epochs)",
+                r.display(),
+                m.epoch,
+                cfg.train.epochs
+            );
+        }
         println!("resumed from {} after epoch {}", r.display(), m.epoch);
         (meta, prev_maps) = (m, s);
     }
+    let reuse = match (&opts.resume, opts.overwrite) {
+        (Some(_), _) => Reuse::Resume,
+        (None, true) => Reuse::Overwrite,
+        (None, false) => Reuse::Fresh,
+    };
+    let mut lock = LockedDir::open(&cfg.out, reuse)?;
+    if let Some(pid) = lock.stale_pid {
+        println!("took over the stale lock of process {pid}, which is no longer running");
+    }
+    lock.start()?;
+    let interrupt = Interrupt::install();
+    let dir = RunDir::create(cfg)?;
     let trainer =
         Trainer { sgd, scaler: LossScaler::resume(meta.loss_scale, meta.loss_scale_clean_steps), amp: use_amp };
     let mut tb = SummaryWriter::new(dir.out.join("tb"));
@@ -327,6 +362,9 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         run.console.say(summary_line(&rec, epochs));
         run.save_checkpoints(rec)?;
         epoch_bar.inc(1);
+        if interrupt.requested() && epoch + 1 < epochs {
+            return Err(interrupted(&run, format!("the end of epoch {}", epoch + 1)));
+        }
     }
     epoch_bar.finish_and_clear();
     run.finish()
@@ -348,6 +386,9 @@ impl Run<'_> {
         self.model.set_training(true);
         for batch in self.loaders.train.epoch(epoch, 0).take(steps) {
             let batch = batch?;
+            if crate::interrupt::requested() {
+                return Err(interrupted(self, format!("epoch {}, step {}", epoch + 1, self.meta.step)));
+            }
             for (p, why) in &batch.skipped {
                 stats.skipped += 1;
                 if self.named_skips.insert(p.clone()) {

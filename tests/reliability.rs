@@ -1,0 +1,250 @@
+//! Issue 9: bad values refused before work, nothing lost or overwritten, no silent failure.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use groupcam::data::{ImageFolder, Loader, Transform};
+use groupcam::models::Normalization;
+use groupcam::rundir::{Reuse, RunDir};
+use groupcam::synth::{self, SynthConfig};
+use groupcam::train::Config;
+
+fn tiny(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    synth::write(&data, &SynthConfig { size: 48, train_per_class: 2, val_per_class: 2, seed: 1 }).unwrap();
+    let p = dir.join("c.yaml");
+    let text = format!(
+        "arch: resnet18\n\
+         data: {{root: {}, input_size: 48, workers: 2, prefetch: 2}}\n\
+         train: {{epochs: 2, batch_size: 6, lr: 0.01, lr_step: 1, seed: 7, device: cpu, threads: 1}}\n\
+         augment: {{enabled: false}}\n\
+         saliency: {{probe: 0}}\n\
+         out: {}\n",
+        data.display(),
+        dir.join("run").display()
+    );
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn finetune(args: &[&str]) -> (i32, String) {
+    let o = bin().arg("finetune").arg("--quiet").args(args).output().unwrap();
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// Case 4, 11, 12: every numeric key's range, named by its path, before anything is created.
+#[test]
+fn out_of_range_values_are_refused_with_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny(dir.path());
+    for (set, key) in [
+        ("train.lr_gamma=-1", "train.lr_gamma"),
+        ("train.lr=.inf", "train.lr"),
+        ("pretrain={epochs: 1, lr: -0.05}", "pretrain.lr"),
+        ("train.threads=0", "train.threads"),
+        ("data.scale=[1.0,0.5]", "data.scale"),
+        ("data.scale=[0,0]", "data.scale"),
+        ("data.ratio=[0,0]", "data.ratio"),
+        ("data.flip=2.0", "data.flip"),
+        ("train.max_steps=0", "train.max_steps"),
+        ("data.input_size=1", "data.input_size"),
+        ("augment.groups=0", "augment.groups"),
+        ("train.momentum=1.5", "train.momentum"),
+    ] {
+        let e = format!("{:#}", Config::load(&cfg, &[set.to_string()]).unwrap_err());
+        assert!(e.contains(&format!("'{key}'")), "{set}: {e}");
+    }
+    let (rc, err) = finetune(&["--config", s(&cfg), "--set", "data.scale=[1.0,0.5]"]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(!dir.path().join("run").exists(), "a refused config created the run directory");
+}
+
+/// Case 8: a failed write leaves the old file and no temporary; a full disk too (tmpfs, as root).
+#[test]
+fn a_failed_write_leaves_the_old_file_and_no_temporary() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("final.safetensors");
+    groupcam::atomic::write_bytes(&p, b"old").unwrap();
+    let e = groupcam::atomic::write_with(&p, |tmp| {
+        std::fs::write(tmp, b"partial")?;
+        anyhow::bail!("injected writer error")
+    })
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("final.safetensors"), "{e:#}");
+    assert_eq!(std::fs::read(&p).unwrap(), b"old");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "a temporary was left behind");
+
+    let mnt = dir.path().join("full");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs", s(&mnt)])
+        .status()
+        .is_ok_and(|st| st.success());
+    if !mounted {
+        eprintln!("not root: the tmpfs disk-full case is not run");
+        return;
+    }
+    let r = groupcam::atomic::write_bytes(&mnt.join("big.bin"), &vec![7u8; 1 << 20]);
+    let left = std::fs::read_dir(&mnt).unwrap().count();
+    std::process::Command::new("umount").arg(&mnt).status().unwrap();
+    assert!(r.is_err(), "1 MB fitted in 64 kB");
+    assert_eq!(left, 0, "a full disk left a partial file or a temporary");
+}
+
+/// Case 5 and 6 in the library: one writer, a run only reused on purpose, stale locks taken over,
+/// and a directory made for a run that never started removed again.
+#[test]
+fn run_directories_are_locked_and_never_silently_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a/run");
+    let first = RunDir::open(&out, Reuse::Fresh).unwrap();
+    let e = RunDir::open(&out, Reuse::Resume).unwrap_err().to_string();
+    assert!(e.contains("in use") && e.contains(&std::process::id().to_string()), "{e}");
+    drop(first);
+    assert!(!dir.path().join("a").exists(), "an unstarted run left its directories");
+
+    std::fs::create_dir_all(out.join("checkpoints")).unwrap();
+    let e = RunDir::open(&out, Reuse::Fresh).unwrap_err().to_string();
+    assert!(e.contains("already holds a run") && e.contains("--resume") && e.contains("--overwrite"), "{e}");
+    let mut o = RunDir::open(&out, Reuse::Overwrite).unwrap();
+    assert!(out.join("checkpoints").exists(), "cleared before the run started");
+    o.start().unwrap();
+    assert!(!out.join("checkpoints").exists());
+    drop(o);
+
+    // A lock file left by a process killed with -9.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    std::fs::write(out.join(groupcam::rundir::LOCK), child.id().to_string()).unwrap();
+    let taken = RunDir::open(&out, Reuse::Fresh).unwrap();
+    assert_eq!(taken.stale_pid, Some(child.id()));
+}
+
+/// Cases 5, 6, 10 through the CLI.
+#[test]
+fn finetune_refuses_a_second_writer_a_finished_run_and_a_bad_resume_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny(dir.path());
+    let run = dir.path().join("run");
+    let mut child =
+        bin().args(["finetune", "--quiet", "--config", s(&cfg)]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    while !run.join(groupcam::rundir::LOCK).exists() {
+        assert!(t0.elapsed() < Duration::from_secs(120) && child.try_wait().unwrap().is_none(), "no lock seen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (rc, err) = finetune(&["--config", s(&cfg)]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("in use"), "{err}");
+    assert!(child.wait().unwrap().success());
+
+    let (rc, err) = finetune(&["--config", s(&cfg)]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
+
+    let before = std::fs::read(run.join("config.yaml")).unwrap();
+    let bogus = dir.path().join("bogus.safetensors");
+    std::fs::write(&bogus, b"not a checkpoint").unwrap();
+    let (rc, err) = finetune(&["--config", s(&cfg), "--set", "train.epochs=3", "--resume", s(&bogus)]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("bogus.safetensors") && !err.contains("frame #"), "{err}");
+    assert_eq!(std::fs::read(run.join("config.yaml")).unwrap(), before, "a failed resume rewrote config.yaml");
+
+    let (rc, err) = finetune(&["--config", s(&cfg), "--overwrite"]);
+    assert_eq!(rc, 0, "{err}");
+}
+
+/// Case 14: the first Ctrl-C stops the run, names the checkpoint and how to resume, exits 130.
+#[test]
+fn ctrl_c_stops_cleanly_and_says_how_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny(dir.path());
+    let run = dir.path().join("run");
+    let child = bin()
+        .args(["finetune", "--quiet", "--config", s(&cfg), "--set", "train.epochs=50"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !run.join("history.json").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint after 120 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("last.safetensors") && err.contains("--resume"), "{err}");
+    assert!(!run.join(groupcam::rundir::LOCK).exists(), "the lock outlived the run");
+}
+
+/// Cases 1 and 3: a panicking transform stops the epoch with an error naming the image; a
+/// truncated JPEG is refused (the image crate alone decodes it) and counted as a skip.
+#[test]
+fn loader_failures_are_errors_and_truncated_jpegs_are_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ds");
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    let img = image::open(photo("coffee.png")).unwrap().to_rgb8();
+    let jpg = root.join("a/coffee.jpg");
+    img.save(&jpg).unwrap();
+    image::RgbImage::from_pixel(40, 40, image::Rgb([1, 2, 3])).save(root.join("a/ok.png")).unwrap();
+    let bytes = std::fs::read(&jpg).unwrap();
+    let cut = root.join("a/cut.jpg");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    assert!(image::load_from_memory(&bytes[..bytes.len() * 2 / 3]).is_ok(), "premise: image decodes it silently");
+    let e = format!("{:#}", groupcam::imageio::load_rgb(&cut).unwrap_err());
+    assert!(e.contains("cut.jpg") && e.contains("truncated"), "{e}");
+    assert!(groupcam::imageio::load_rgb(&jpg).is_ok());
+
+    let data = ImageFolder::open(&root).unwrap();
+    let mut loader = Loader {
+        data,
+        batch_size: 3,
+        shuffle: false,
+        drop_last: false,
+        transform: Transform::Train { size: 24, scale: (0.5, 1.0), ratio: (0.75, 1.33), flip: 0.5 },
+        norm: Normalization::IMAGENET,
+        workers: 2,
+        prefetch: 1,
+        seed: 0,
+    };
+    let b: Vec<_> = loader.epoch(0, 0).collect::<anyhow::Result<_>>().unwrap();
+    let skipped: Vec<_> = b.iter().flat_map(|b| b.skipped.iter()).collect();
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].0.ends_with("cut.jpg"));
+
+    loader.transform = Transform::Train { size: 24, scale: (1.0, 0.5), ratio: (0.75, 1.33), flip: 0.5 };
+    let items: Vec<_> = loader.epoch(0, 0).collect();
+    let e = items.iter().find_map(|r| r.as_ref().err()).expect("a panicking transform ended the epoch silently");
+    assert!(format!("{e:#}").contains("panicked"), "{e:#}");
+}
+
+/// Case 7, 11, 12 through the CLI: inputs never overwritten, sizes bounded, clear weights errors.
+#[test]
+fn cli_bounds_and_inputs_are_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rand = d.join("rand.ot");
+    std::fs::write(&rand, (0..5000u32).map(|i| (i * 2654435761u32 >> 13) as u8).collect::<Vec<u8>>()).unwrap();
+    let coffee = photo("coffee.png");
+    let syn = d.join("syn");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["predict", "--arch", "resnet18", "--weights", s(&rand), "--image", s(&coffee)], "rand.ot"),
+        (vec!["synth", "--out", s(&syn), "--size", "0"], "size 0"),
+    ];
+    for (args, want) in cases {
+        let o = bin().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want) && !err.contains("frame #") && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert!(!d.join("syn").exists(), "synth --size 0 left a folder");
+    assert!(groupcam::imageio::check_input_size(100000).is_err() && groupcam::imageio::check_input_size(0).is_err());
+    let e = groupcam::atomic::check_not_inputs(&[coffee.clone()], &[coffee.clone()]).unwrap_err().to_string();
+    assert!(e.contains("overwrite the input"), "{e}");
+}
