@@ -55,6 +55,10 @@ pub fn explain_files(
 
 /// Writes `<stem>.png` and `<stem>.npy` per image into `dir`; returns the PNG paths.
 pub fn write(items: &[ExplainedImage], dir: &Path) -> Result<Vec<PathBuf>> {
+    let outputs: Vec<PathBuf> =
+        items.iter().flat_map(|it| ["png", "npy"].map(|e| dir.join(format!("{}.{e}", it.stem)))).collect();
+    let inputs: Vec<PathBuf> = items.iter().map(|it| it.input.clone()).collect();
+    crate::atomic::check_not_inputs(&outputs, &inputs)?;
     files::create_dir(dir)?;
     items
         .iter()

@@ -244,6 +244,18 @@ fn cli_bounds_and_inputs_are_safe() {
         assert!(err.contains(want) && !err.contains("frame #") && !err.contains("panicked"), "{args:?}: {err}");
     }
     assert!(!d.join("syn").exists(), "synth --size 0 left a folder");
+    // explain --image dir/x.png --out dir must not replace the photo with its overlay.
+    let photo_in = d.join("x.png");
+    std::fs::copy(&coffee, &photo_in).unwrap();
+    let w = effnet_weights();
+    let o = bin()
+        .args(["explain", "--arch", "efficientnet-lite0", "--weights", s(&w), "--image", s(&photo_in), "--out", s(d)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("overwrite the input"), "{err}");
+    assert_eq!(std::fs::read(&photo_in).unwrap(), std::fs::read(&coffee).unwrap(), "the input photo changed");
     assert!(groupcam::imageio::check_input_size(100000).is_err() && groupcam::imageio::check_input_size(0).is_err());
     let e = groupcam::atomic::check_not_inputs(&[coffee.clone()], &[coffee.clone()]).unwrap_err().to_string();
     assert!(e.contains("overwrite the input"), "{e}");

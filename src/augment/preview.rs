@@ -57,6 +57,10 @@ pub fn preview(
 
 /// Writes `<stem>-augmented.png` and `<stem>-mask.png` per image; returns the image paths.
 pub fn write(items: &[Preview], dir: &Path) -> Result<Vec<PathBuf>> {
+    let outputs: Vec<PathBuf> =
+        items.iter().flat_map(|it| ["augmented", "mask"].map(|e| dir.join(format!("{}-{e}.png", it.stem)))).collect();
+    let inputs: Vec<PathBuf> = items.iter().map(|it| it.input.clone()).collect();
+    crate::atomic::check_not_inputs(&outputs, &inputs)?;
     files::create_dir(dir)?;
     items
         .iter()
