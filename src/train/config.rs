@@ -285,20 +285,10 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         super::validate::ranges(self)?;
         let t = &self.train;
-        if t.epochs == 0 || t.batch_size == 0 {
-            bail!("key 'train.epochs' and 'train.batch_size' must be positive");
-        }
-        if !(t.lr > 0.0) || !(0.0..1.0).contains(&t.momentum) || t.weight_decay < 0.0 || t.lr_step == 0 {
-            bail!("key 'train': lr must be > 0, momentum in [0, 1), weight_decay >= 0, lr_step >= 1");
-        }
         if let Some(p) = &self.pretrain {
             if p.epochs >= t.epochs {
                 bail!("key 'pretrain.epochs' ({}) must be smaller than 'train.epochs' ({})", p.epochs, t.epochs);
             }
-        }
-        let a = &self.augment;
-        if !(0.0..=1.0).contains(&a.probability) {
-            bail!("key 'augment.probability' must be in [0, 1], got {}", a.probability);
         }
         if self.data.val_resize.is_some_and(|r| r < self.data.input_size) {
             bail!("key 'data.val_resize' must be at least 'data.input_size'");
