@@ -20,6 +20,7 @@ pub mod plot;
 pub mod predict;
 pub mod rundir;
 pub mod synth;
+pub mod tb;
 pub mod train;
 
 pub use cam::{Explainer, Explanation, GroupCam};

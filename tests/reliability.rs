@@ -260,3 +260,115 @@ fn cli_bounds_and_inputs_are_safe() {
     let e = groupcam::atomic::check_not_inputs(&[coffee.clone()], &[coffee.clone()]).unwrap_err().to_string();
     assert!(e.contains("overwrite the input"), "{e}");
 }
+
+fn finetune_out(args: &[&str]) -> (i32, String, String) {
+    let o = bin().arg("finetune").arg("--quiet").args(args).output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr))
+}
+
+fn history(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("history.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Case 2, 1 ("an epoch that trained on no batch"), 12 (one class), 13 (the NaN message):
+/// unreadable validation images are named and counted and the accuracy says over how many
+/// images it is; an epoch of unreadable images, a one-class dataset and a NaN before the first
+/// checkpoint are errors that say what happened.
+#[test]
+fn validation_skips_are_counted_and_empty_epochs_one_class_and_early_nans_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny(dir.path());
+    let data = dir.path().join("data");
+    for i in 0..3 {
+        std::fs::write(data.join(format!("val/circle/bad{i}.png")), b"").unwrap();
+    }
+    let (rc, out, err) = finetune_out(&["--config", s(&cfg), "--set", "train.epochs=1"]);
+    assert_eq!(rc, 0, "{err}");
+    for i in 0..3 {
+        let lines = out.lines().filter(|l| l.starts_with("skipped") && l.contains(&format!("bad{i}.png"))).count();
+        assert_eq!(lines, 1, "bad{i}.png not named once:\n{out}");
+    }
+    assert!(out.contains("(of 12 images, 3 unreadable skipped)"), "{out}");
+    let h = history(&dir.path().join("run"));
+    assert_eq!((h[0]["val_images"].as_u64(), h[0]["val_skipped"].as_u64()), (Some(12), Some(3)));
+
+    let nan = dir.path().join("nan");
+    let (rc, _, err) =
+        finetune_out(&["--config", s(&cfg), "--set", "train.lr=1e38", "--set", &format!("out={}", nan.display())]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("no checkpoint was written yet") && !err.contains("last.safetensors"), "{err}");
+
+    for f in groupcam::data::ImageFolder::open(&data.join("train")).unwrap().samples {
+        std::fs::write(&f.0, b"").unwrap();
+    }
+    let empty = dir.path().join("empty");
+    let (rc, _, err) = finetune_out(&["--config", s(&cfg), "--set", &format!("out={}", empty.display())]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("epoch 1 trained on no image"), "{err}");
+    assert!(!empty.join("final.safetensors").exists());
+
+    let one = dir.path().join("one");
+    for split in ["train", "val"] {
+        std::fs::create_dir_all(one.join(split).join("cat")).unwrap();
+        for i in 0..6 {
+            image::RgbImage::from_pixel(48, 48, image::Rgb([i * 40, 9, 9]))
+                .save(one.join(split).join(format!("cat/{i}.png")))
+                .unwrap();
+        }
+    }
+    let one_run = dir.path().join("one-run");
+    let (rc, _, err) = finetune_out(&[
+        "--config",
+        s(&cfg),
+        "--set",
+        &format!("data.root={}", one.display()),
+        "--set",
+        &format!("out={}", one_run.display()),
+    ]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("one class folder (cat)"), "{err}");
+    assert!(!one_run.exists(), "a refused dataset created the run directory");
+}
+
+/// Case 9: a full disk under TensorBoard (a 4 kB tmpfs over the run's tb/, as root) stops the
+/// run after the epoch's checkpoint, naming the log and how to resume; with
+/// `train.tensorboard: continue` it is said once and the run finishes. (The library test
+/// `tb::tests` injects the same error without root.)
+#[test]
+fn a_full_disk_under_tensorboard_stops_with_the_checkpoint_intact_or_goes_on_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny(dir.path());
+    let run = dir.path().join("run");
+    let probe = ["--set", "saliency.probe=2"];
+    let (rc, _, err) = finetune_out(&[&["--config", s(&cfg), "--set", "train.epochs=1"][..], &probe[..]].concat());
+    assert_eq!(rc, 0, "{err}");
+    let tb = run.join("tb");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4k", "tmpfs", s(&tb)])
+        .status()
+        .is_ok_and(|st| st.success());
+    if !mounted {
+        eprintln!("not root: the TensorBoard disk-full case is not run");
+        return;
+    }
+    let last = run.join("checkpoints/last.safetensors");
+    let resume = |epochs: &str, extra: &[&str]| {
+        let args = [&["--config", s(&cfg), "--resume", s(&last), "--set", epochs][..], &probe[..], extra].concat();
+        finetune_out(&args)
+    };
+    let stopped = resume("train.epochs=2", &[]);
+    let went_on = resume("train.epochs=3", &["--set", "train.tensorboard=continue"]);
+    std::process::Command::new("umount").arg(&tb).status().unwrap();
+
+    let (rc, _, err) = stopped;
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("cannot write the TensorBoard log") && err.contains("tb/events.out.tfevents"), "{err}");
+    assert!(err.contains("is intact: continue with --resume") && err.contains("train.tensorboard: continue"), "{err}");
+    let (rc, out, err) = went_on;
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(out.matches("cannot write the TensorBoard log").count(), 1, "{out}");
+    let h = history(&run);
+    assert_eq!(h.len(), 3, "the stopped run lost its epoch's checkpoint, or the continued run stopped");
+}

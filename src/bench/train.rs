@@ -4,9 +4,9 @@
 
 use std::time::Instant;
 
+use crate::tb::{EventLog, OnError};
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
-use tensorboard_rs::summary_writer::SummaryWriter;
 
 use super::{Report, Table, TempDir, median, sync};
 use crate::data::{ImageFolder, Loader, Transform};
@@ -71,12 +71,12 @@ pub fn run(b: &TrainBench, device: Device) -> Result<Report> {
     let mut trainer = Trainer { sgd: Sgd::new(&model.vs, 0.9, 1e-4), scaler: LossScaler::new(), amp: false };
     let mut bare_sgd = Sgd::new(&model.vs, 0.9, 1e-4);
     let tb_dir = TempDir::new("tb");
-    let mut tb = SummaryWriter::new(&tb_dir.0);
+    let mut tb = EventLog::create(&tb_dir.0, OnError::Stop)?;
     let (mut loop_t, mut bare_t) = (Vec::new(), Vec::new());
     for rep in 0..=b.reps.max(1) {
         let t = Instant::now();
         let _ = trainer.step(&model, &x, &y, 1e-4)?;
-        log_step(&mut tb, rep as u64, 0.0, 1e-4, 0.0);
+        log_step(&mut tb, rep as u64, 0.0, 1e-4, 0.0)?;
         sync(device);
         let lt = t.elapsed().as_secs_f64();
         let t = Instant::now();

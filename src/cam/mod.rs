@@ -254,3 +254,56 @@ pub(crate) fn finish(raw: &Tensor, classes: &Tensor) -> Result<Explanation> {
         constant: Vec::<bool>::try_from(constant.to_device(Device::Cpu))?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{CamModel, ConcurrentEval, Normalization};
+    use tch::Device;
+
+    /// A model whose scoring forward panics: what a lane does when a user's model fails.
+    struct Panics;
+
+    impl CamModel for Panics {
+        fn features_t(&self, x: &Tensor, _: bool) -> Tensor {
+            x.shallow_clone()
+        }
+        fn head_t(&self, _: &Tensor, _: bool) -> Tensor {
+            panic!("injected lane failure")
+        }
+        fn training(&self) -> bool {
+            false
+        }
+        fn set_training(&self, _: bool) {}
+        fn input_norm(&self) -> Normalization {
+            Normalization::IMAGENET
+        }
+        fn num_classes(&self) -> i64 {
+            2
+        }
+        fn target_channels(&self) -> i64 {
+            3
+        }
+        fn device(&self) -> Device {
+            Device::Cpu
+        }
+        fn concurrent(&self) -> Option<&dyn ConcurrentEval> {
+            Some(self)
+        }
+    }
+    // SAFETY: `logits_eval` writes nothing (it panics).
+    unsafe impl ConcurrentEval for Panics {}
+
+    #[test]
+    fn a_panicking_lane_gives_the_thread_count_back() {
+        tch::set_num_threads(2);
+        let classes = Tensor::zeros([6], (tch::Kind::Int64, Device::Cpu));
+        let make = |_: i64, len: i64| Tensor::zeros([len, 3, 4, 4], (tch::Kind::Float, Device::Cpu));
+        let batching = Batching { chunk: 1, lanes: 2 };
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            score_batched(&Panics, 6, batching, &classes, &make)
+        }));
+        assert!(r.is_err(), "the lane's panic reaches the caller");
+        assert_eq!(tch::get_num_threads(), 2, "a panicking lane left libtorch at one thread");
+    }
+}

@@ -22,6 +22,12 @@ pub struct EpochRecord {
     pub val_top5: f64,
     pub augmented_fraction: f64,
     pub images_skipped: usize,
+    /// Validation images the accuracies are over, and unreadable ones left out (0 in runs
+    /// from before they were recorded).
+    #[serde(default)]
+    pub val_images: usize,
+    #[serde(default)]
+    pub val_skipped: usize,
     pub img_per_s: f64,
     pub seconds: f64,
     pub saliency_change: Option<f64>,

@@ -108,6 +108,10 @@ pub struct TrainConfig {
     /// CPU threads for libtorch (default: libtorch's choice).
     #[serde(default)]
     pub threads: Option<i32>,
+    /// What a failed TensorBoard write does: `stop` the run (default), `continue` without
+    /// TensorBoard after one warning, or `off` (no log).
+    #[serde(default)]
+    pub tensorboard: crate::tb::OnError,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

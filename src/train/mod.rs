@@ -22,11 +22,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tch::{Device, Kind, Tensor};
-use tensorboard_rs::summary_writer::SummaryWriter;
 
 use crate::augment::GroupCamAugment;
 use crate::data::{ImageFolder, Loader, Transform};
 use crate::models::{CamModel, Model, weights};
+use crate::tb::EventLog;
 pub use checkpoint::{EpochRecord, Meta};
 pub use config::{Amp, Config};
 pub use scaler::LossScaler;
@@ -115,6 +115,14 @@ impl Loaders {
         if train_set.classes != val_set.classes {
             bail!("the class folders of {} and {} differ", train_set.root.display(), val_set.root.display());
         }
+        if train_set.classes.len() < 2 {
+            bail!(
+                "{} has one class folder ({}): cross-entropy over one class is 0 whatever the model does, \
+                 so there is nothing to fine-tune (a classifier needs at least 2 classes)",
+                train_set.root.display(),
+                train_set.classes.join(", ")
+            );
+        }
         let size = cfg.data.input_size;
         let train = Loader {
             data: train_set,
@@ -184,6 +192,20 @@ fn interrupted(run: &Run, at: String) -> anyhow::Error {
     Interrupted { at, checkpoint }.into()
 }
 
+/// Where a failed run can go on from: the last checkpoint, or that none was written yet.
+fn resume_hint(dir: &RunDir, epochs_done: usize) -> String {
+    let last = dir.last();
+    if last.exists() {
+        format!(
+            "the last checkpoint, {} (after epoch {epochs_done}), is intact: continue with --resume {}",
+            last.display(),
+            last.display()
+        )
+    } else {
+        "no checkpoint was written yet (the run stopped in its first epoch)".into()
+    }
+}
+
 impl RunDir {
     fn create(cfg: &Config) -> Result<RunDir> {
         let out = cfg.out.clone();
@@ -235,7 +257,7 @@ pub struct EpochStats {
 }
 
 impl EpochStats {
-    fn record(&self, epoch: usize, phase: Phase, lr: f64, val: (f64, f64)) -> EpochRecord {
+    fn record(&self, epoch: usize, phase: Phase, lr: f64, val: &Validation) -> EpochRecord {
         let seen = self.seen.max(1) as f64;
         EpochRecord {
             epoch: epoch + 1,
@@ -243,8 +265,10 @@ impl EpochStats {
             lr,
             train_loss: self.loss_sum / seen,
             train_top1: self.correct as f64 / seen,
-            val_top1: val.0,
-            val_top5: val.1,
+            val_top1: val.top1,
+            val_top5: val.top5,
+            val_images: val.images,
+            val_skipped: val.skipped.len(),
             augmented_fraction: self.augmented as f64 / seen,
             images_skipped: self.skipped,
             img_per_s: self.seen as f64 / self.seconds,
@@ -263,7 +287,7 @@ struct Run<'a> {
     trainer: Trainer,
     augmenter: GroupCamAugment,
     dir: RunDir,
-    tb: SummaryWriter,
+    tb: EventLog,
     console: Console,
     meta: Meta,
     saliency: SaliencyTracker,
@@ -329,8 +353,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     let dir = RunDir::create(cfg)?;
     let trainer =
         Trainer { sgd, scaler: LossScaler::resume(meta.loss_scale, meta.loss_scale_clean_steps), amp: use_amp };
-    let mut tb = SummaryWriter::new(dir.out.join("tb"));
-    let saliency = SaliencyTracker::start(cfg, &loaders.val, &model, prev_maps, &mut tb, &dir.saliency, device)?;
+    let tb = EventLog::create(&dir.out.join("tb"), cfg.train.tensorboard)?;
+    let (saliency, grid) = SaliencyTracker::start(cfg, &loaders.val, &model, prev_maps, &dir.saliency, device)?;
     let mut run = Run {
         cfg,
         device,
@@ -345,6 +369,9 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         saliency,
         named_skips: HashSet::new(),
     };
+    if let Some(g) = grid {
+        run.logged(|tb| tb.image("saliency/probe", &g, 0))?;
+    }
 
     let epochs = cfg.train.epochs;
     let epoch_bar = run.console.bars.add(ProgressBar::new(epochs as u64));
@@ -356,11 +383,16 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         let stats = run.train_one_epoch(epoch, lr, phase)?;
         run.model.set_training(false);
         let val = evaluate(&run.model, &run.loaders.val, device)?;
-        let mut rec = stats.record(epoch, phase, lr, val);
-        run.track_saliency(&mut rec)?;
-        log_epoch(&mut run.tb, &rec);
+        run.say_skips(&val.skipped);
+        let mut rec = stats.record(epoch, phase, lr, &val);
+        let grid = run.track_saliency(&mut rec)?;
         run.console.say(summary_line(&rec, epochs));
-        run.save_checkpoints(rec)?;
+        // The checkpoint first: a TensorBoard failure after it loses nothing.
+        run.save_checkpoints(rec.clone())?;
+        run.logged(|tb| {
+            log_epoch(tb, &rec, grid.as_ref())?;
+            tb.flush()
+        })?;
         epoch_bar.inc(1);
         if interrupt.requested() && epoch + 1 < epochs {
             return Err(interrupted(&run, format!("the end of epoch {}", epoch + 1)));
@@ -389,12 +421,8 @@ impl Run<'_> {
             if crate::interrupt::requested() {
                 return Err(interrupted(self, format!("epoch {}, step {}", epoch + 1, self.meta.step)));
             }
-            for (p, why) in &batch.skipped {
-                stats.skipped += 1;
-                if self.named_skips.insert(p.clone()) {
-                    self.console.say(format!("skipped {}: {why}", p.display()));
-                }
-            }
+            stats.skipped += batch.skipped.len();
+            self.say_skips(&batch.skipped);
             let n = batch.images.size()[0];
             if n == 0 {
                 continue;
@@ -418,10 +446,10 @@ impl Run<'_> {
                     (loss, top1)
                 }
                 StepResult::NonFinite(v) => bail!(
-                    "loss is {v} at epoch {} step {} (lr {lr}); the last good checkpoint is {}",
+                    "loss is {v} at epoch {} step {} (lr {lr}); {}",
                     epoch + 1,
                     self.meta.step,
-                    self.dir.last().display()
+                    resume_hint(&self.dir, self.meta.epoch)
                 ),
             };
             self.meta.step += 1;
@@ -429,23 +457,50 @@ impl Run<'_> {
             stats.seen += n;
             stats.correct += top1;
             let ips = stats.seen as f64 / start.elapsed().as_secs_f64();
-            log_step(&mut self.tb, self.meta.step, loss, lr, ips);
+            let step = self.meta.step;
+            self.logged(|tb| log_step(tb, step, loss, lr, ips))?;
             bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {ips:.1} img/s"));
             bar.inc(1);
         }
         bar.finish_and_clear();
+        if stats.seen == 0 {
+            bail!(
+                "epoch {} trained on no image: every image of its {steps} batches was skipped as unreadable \
+                 (see the 'skipped' lines above)",
+                epoch + 1
+            );
+        }
         stats.seconds = start.elapsed().as_secs_f64();
         Ok(stats)
     }
 
+    /// Names each unreadable file once per run (train and validation alike).
+    fn say_skips(&mut self, skipped: &[(PathBuf, String)]) {
+        for (p, why) in skipped {
+            if self.named_skips.insert(p.clone()) {
+                self.console.say(format!("skipped {}: {why}", p.display()));
+            }
+        }
+    }
+
+    /// Runs TensorBoard writes: a failure stops the run naming the intact checkpoint, or
+    /// (`train.tensorboard: continue`) is said once and training goes on.
+    fn logged<T>(&mut self, f: impl FnOnce(&mut EventLog) -> Result<T>) -> Result<T> {
+        let r = f(&mut self.tb);
+        if let Some(w) = self.tb.take_warning() {
+            self.console.say(w);
+        }
+        r.map_err(|e| anyhow::anyhow!("{e:#}; {}", resume_hint(&self.dir, self.meta.epoch)))
+    }
+
     /// The probe's maps after this epoch and how far they moved (see [`SaliencyTracker`]).
-    fn track_saliency(&mut self, rec: &mut EpochRecord) -> Result<()> {
-        if let Some(line) =
-            self.saliency.track(self.cfg, &self.model, rec, &mut self.meta, &mut self.tb, &self.dir.saliency)?
-        {
+    /// Returns the epoch's grid, for TensorBoard once the checkpoint is safe.
+    fn track_saliency(&mut self, rec: &mut EpochRecord) -> Result<Option<image::RgbImage>> {
+        let (line, grid) = self.saliency.track(self.cfg, &self.model, rec, &mut self.meta, &self.dir.saliency)?;
+        if let Some(line) = line {
             self.console.say(line);
         }
-        Ok(())
+        Ok(grid)
     }
 
     /// `last` every epoch and `best` when val top-1 improved, each written atomically, then
@@ -464,7 +519,6 @@ impl Run<'_> {
             checkpoint::save(&self.dir.checkpoints.join("best.safetensors"), vs, sgd, maps, &self.meta)?;
         }
         report::write_history(&self.dir.out, &self.meta.history)?;
-        self.tb.flush();
         Ok(())
     }
 
@@ -484,13 +538,15 @@ impl Run<'_> {
 
 fn summary_line(rec: &EpochRecord, epochs: usize) -> String {
     format!(
-        "epoch {}/{epochs} [{}] loss {:.4} train top-1 {:.2}% val top-1 {:.2}% top-5 {:.2}% augmented {:.0}% skipped {} {:.1}s{}",
+        "epoch {}/{epochs} [{}] loss {:.4} train top-1 {:.2}% val top-1 {:.2}% top-5 {:.2}% (of {} images{}) augmented {:.0}% skipped {} {:.1}s{}",
         rec.epoch,
         rec.phase,
         rec.train_loss,
         100.0 * rec.train_top1,
         100.0 * rec.val_top1,
         100.0 * rec.val_top5,
+        rec.val_images,
+        if rec.val_skipped > 0 { format!(", {} unreadable skipped", rec.val_skipped) } else { String::new() },
         100.0 * rec.augmented_fraction,
         rec.images_skipped,
         rec.seconds,
@@ -557,11 +613,24 @@ impl Trainer {
     }
 }
 
+/// What validation measured, and over which images.
+#[derive(Clone, Debug, Default)]
+pub struct Validation {
+    pub top1: f64,
+    pub top5: f64,
+    /// Images the accuracies are over.
+    pub images: usize,
+    /// Files that could not be read, with why: counted, named, left out of the accuracies.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
 /// Top-1 and top-5 accuracy over a loader, in eval mode.
-pub fn evaluate(model: &dyn CamModel, loader: &Loader, device: Device) -> Result<(f64, f64)> {
+pub fn evaluate(model: &dyn CamModel, loader: &Loader, device: Device) -> Result<Validation> {
     let (mut n, mut t1, mut t5) = (0i64, 0i64, 0i64);
+    let mut skipped = Vec::new();
     for batch in loader.epoch(0, 0) {
         let batch = batch?;
+        skipped.extend(batch.skipped.iter().cloned());
         if batch.images.size()[0] == 0 {
             continue;
         }
@@ -570,9 +639,14 @@ pub fn evaluate(model: &dyn CamModel, loader: &Loader, device: Device) -> Result
         (n, t1, t5) = (n + batch.images.size()[0], t1 + a, t5 + b);
     }
     if n == 0 {
-        bail!("no validation image could be read from {}", loader.data.root.display());
+        bail!(
+            "no validation image could be read from {} ({} unreadable, the first: {})",
+            loader.data.root.display(),
+            skipped.len(),
+            skipped.first().map(|(p, why)| format!("{}: {why}", p.display())).unwrap_or_default()
+        );
     }
-    Ok((t1 as f64 / n as f64, t5 as f64 / n as f64))
+    Ok(Validation { top1: t1 as f64 / n as f64, top5: t5 as f64 / n as f64, images: n as usize, skipped })
 }
 
 /// Saliency convergence: a fixed probe of validation images, its maps after every epoch, and
@@ -585,38 +659,37 @@ struct SaliencyTracker {
 
 impl SaliencyTracker {
     /// The probe (the first `saliency.probe` validation images) and, on a fresh run, its
-    /// maps before any training (epoch 0).
+    /// maps before any training (epoch 0) with their grid.
     fn start(
         cfg: &Config,
         val: &Loader,
         model: &dyn CamModel,
         prev: Option<Tensor>,
-        tb: &mut SummaryWriter,
         dir: &Path,
         device: Device,
-    ) -> Result<SaliencyTracker> {
+    ) -> Result<(SaliencyTracker, Option<image::RgbImage>)> {
         let probe = make_probe(val, cfg.saliency.probe, device)?;
         let mut tracker = SaliencyTracker { probe, prev };
+        let mut grid = None;
         if let (Some(p), None) = (&tracker.probe, &tracker.prev) {
             let maps = saliency::maps(model, p, cfg.saliency.groups)?;
-            save_grid(tb, dir, p, &maps, 0)?;
+            grid = Some(save_grid(dir, p, &maps, 0)?);
             tracker.prev = Some(maps);
         }
-        Ok(tracker)
+        Ok((tracker, grid))
     }
 
     /// Records the change in `rec`, updates the convergence streak in `meta`, saves the grid;
-    /// returns the "converged" line the first time the streak reaches the patience.
+    /// returns the "converged" line the first time the streak reaches the patience, and the grid.
     fn track(
         &mut self,
         cfg: &Config,
         model: &dyn CamModel,
         rec: &mut EpochRecord,
         meta: &mut Meta,
-        tb: &mut SummaryWriter,
         dir: &Path,
-    ) -> Result<Option<String>> {
-        let Some(p) = &self.probe else { return Ok(None) };
+    ) -> Result<(Option<String>, Option<image::RgbImage>)> {
+        let Some(p) = &self.probe else { return Ok((None, None)) };
         let maps = saliency::maps(model, p, cfg.saliency.groups)?;
         let mut line = None;
         if let Some(prev) = &self.prev {
@@ -631,9 +704,9 @@ impl SaliencyTracker {
                 ));
             }
         }
-        save_grid(tb, dir, p, &maps, rec.epoch)?;
+        let grid = save_grid(dir, p, &maps, rec.epoch)?;
         self.prev = Some(maps);
-        Ok(line)
+        Ok((line, Some(grid)))
     }
 }
 fn make_probe(val: &Loader, n: usize, device: Device) -> Result<Option<saliency::Probe>> {
@@ -650,16 +723,15 @@ fn make_probe(val: &Loader, n: usize, device: Device) -> Result<Option<saliency:
     }))
 }
 
-fn save_grid(tb: &mut SummaryWriter, dir: &Path, probe: &saliency::Probe, maps: &Tensor, epoch: usize) -> Result<()> {
+/// Saves the epoch's grid as a PNG and returns it for TensorBoard.
+fn save_grid(dir: &Path, probe: &saliency::Probe, maps: &Tensor, epoch: usize) -> Result<image::RgbImage> {
     let img = saliency::grid(&probe.photos, maps)?;
     let path = dir.join(format!("epoch-{epoch:03}.png"));
     crate::atomic::save_png(&img, &path)?;
-    let (w, h) = img.dimensions();
-    tb.add_image("saliency/probe", img.as_raw(), &[3, h as usize, w as usize], epoch);
-    Ok(())
+    Ok(img)
 }
 
-fn log_epoch(tb: &mut SummaryWriter, r: &EpochRecord) {
+fn log_epoch(tb: &mut EventLog, r: &EpochRecord, grid: Option<&image::RgbImage>) -> Result<()> {
     let e = r.epoch;
     for (tag, v) in [
         ("epoch/train_loss", r.train_loss),
@@ -670,18 +742,24 @@ fn log_epoch(tb: &mut SummaryWriter, r: &EpochRecord) {
         ("epoch/img_per_s", r.img_per_s),
         ("epoch/augmented_fraction", r.augmented_fraction),
         ("epoch/images_skipped", r.images_skipped as f64),
+        ("val/images", r.val_images as f64),
+        ("val/images_skipped", r.val_skipped as f64),
     ] {
-        tb.add_scalar(tag, v as f32, e);
+        tb.scalar(tag, v as f32, e)?;
     }
     if let (Some(c), Some(d)) = (r.saliency_change, r.saliency_delta) {
-        tb.add_scalar("saliency/one_minus_pearson", c as f32, e);
-        tb.add_scalar("saliency/mean_abs_delta", d as f32, e);
+        tb.scalar("saliency/one_minus_pearson", c as f32, e)?;
+        tb.scalar("saliency/mean_abs_delta", d as f32, e)?;
     }
+    if let Some(g) = grid {
+        tb.image("saliency/probe", g, e)?;
+    }
+    Ok(())
 }
 
 /// The per-step scalars (also what `bench train` counts as part of the step).
-pub fn log_step(tb: &mut SummaryWriter, step: u64, loss: f64, lr: f64, img_per_s: f64) {
-    tb.add_scalar("train/loss", loss as f32, step as usize);
-    tb.add_scalar("train/lr", lr as f32, step as usize);
-    tb.add_scalar("train/img_per_s", img_per_s as f32, step as usize);
+pub fn log_step(tb: &mut EventLog, step: u64, loss: f64, lr: f64, img_per_s: f64) -> Result<()> {
+    tb.scalar("train/loss", loss as f32, step as usize)?;
+    tb.scalar("train/lr", lr as f32, step as usize)?;
+    tb.scalar("train/img_per_s", img_per_s as f32, step as usize)
 }

@@ -45,7 +45,17 @@ pub fn render(
             best(h).map(|r| format!("{} (epoch {})", pct(r.val_top1), r.epoch)).unwrap_or("-".into())
         );
         let _ = writeln!(s, "- time per epoch: {:.1} s", secs / h.len().max(1) as f64);
-        let _ = writeln!(s, "- images skipped: {}\n", h.iter().map(|r| r.images_skipped).sum::<usize>());
+        let _ = writeln!(
+            s,
+            "- training images skipped (unreadable): {}",
+            h.iter().map(|r| r.images_skipped).sum::<usize>()
+        );
+        let _ = writeln!(
+            s,
+            "- validation: {} images per epoch, {} unreadable skipped\n",
+            last.map(|r| r.val_images).unwrap_or(0),
+            last.map(|r| r.val_skipped).unwrap_or(0)
+        );
     };
     let _ = writeln!(s, "# Run report\n");
     summary(&mut s, &format!("run {}", run_dir.display()), run);
