@@ -217,6 +217,13 @@ fn a_run_logs_saliency_and_its_final_weights_load_in_pytorch() {
     for tag in ["val/top1", "train/loss", "saliency/one_minus_pearson", "epoch/augmented_fraction"] {
         assert!(events.windows(tag.len()).any(|w| w == tag.as_bytes()), "tag {tag} not in the event file");
     }
+    // The probe (4 images) spreads over the classes: four different ones, each file listed.
+    let probe: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("saliency/probe.json")).unwrap()).unwrap();
+    let classes: std::collections::HashSet<_> =
+        probe.as_array().unwrap().iter().map(|e| e["class"].as_str().unwrap().to_string()).collect();
+    assert_eq!((probe.as_array().unwrap().len(), classes.len()), (4, 4), "{probe}");
+    assert!(probe.as_array().unwrap().iter().all(|e| Path::new(e["path"].as_str().unwrap()).exists()));
     let h: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("history.json")).unwrap()).unwrap();
     let change = h[1]["saliency_change"].as_f64().unwrap();

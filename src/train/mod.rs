@@ -194,16 +194,19 @@ fn interrupted(run: &Run, at: String) -> anyhow::Error {
 
 /// Where a failed run can go on from: the last checkpoint, or that none was written yet.
 fn resume_hint(dir: &RunDir, epochs_done: usize) -> String {
-    let last = dir.last();
-    if last.exists() {
-        format!(
-            "the last checkpoint, {} (after epoch {epochs_done}), is intact: continue with --resume {}",
-            last.display(),
-            last.display()
-        )
-    } else {
-        "no checkpoint was written yet (the run stopped in its first epoch)".into()
+    match last_checkpoint(dir, epochs_done) {
+        Some(last) => {
+            format!("the last checkpoint, {last}, is intact: continue with --resume {}", dir.last().display())
+        }
+        None => NO_CHECKPOINT.into(),
     }
+}
+
+const NO_CHECKPOINT: &str = "no checkpoint was written yet (the run stopped in its first epoch)";
+
+fn last_checkpoint(dir: &RunDir, epochs_done: usize) -> Option<String> {
+    let last = dir.last();
+    last.exists().then(|| format!("{} (after epoch {epochs_done})", last.display()))
 }
 
 impl RunDir {
@@ -446,10 +449,12 @@ impl Run<'_> {
                     (loss, top1)
                 }
                 StepResult::NonFinite(v) => bail!(
-                    "loss is {v} at epoch {} step {} (lr {lr}); {}",
+                    "loss is {v} at epoch {} step {} (lr {lr:e}): lower the learning rate; {}",
                     epoch + 1,
                     self.meta.step,
-                    resume_hint(&self.dir, self.meta.epoch)
+                    last_checkpoint(&self.dir, self.meta.epoch)
+                        .map(|c| format!("the last good checkpoint is {c}"))
+                        .unwrap_or(NO_CHECKPOINT.into())
                 ),
             };
             self.meta.step += 1;
@@ -658,7 +663,7 @@ struct SaliencyTracker {
 }
 
 impl SaliencyTracker {
-    /// The probe (the first `saliency.probe` validation images) and, on a fresh run, its
+    /// The probe (`saliency.probe` validation images over the classes) and, on a fresh run, its
     /// maps before any training (epoch 0) with their grid.
     fn start(
         cfg: &Config,
@@ -668,7 +673,7 @@ impl SaliencyTracker {
         dir: &Path,
         device: Device,
     ) -> Result<(SaliencyTracker, Option<image::RgbImage>)> {
-        let probe = make_probe(val, cfg.saliency.probe, device)?;
+        let probe = make_probe(val, cfg.saliency.probe, cfg.train.seed, dir, device)?;
         let mut tracker = SaliencyTracker { probe, prev };
         let mut grid = None;
         if let (Some(p), None) = (&tracker.probe, &tracker.prev) {
@@ -709,12 +714,47 @@ impl SaliencyTracker {
         Ok((line, Some(grid)))
     }
 }
-fn make_probe(val: &Loader, n: usize, device: Device) -> Result<Option<saliency::Probe>> {
+/// The probe (see [`saliency::pick`]), its files recorded in `saliency/probe.json`; a resumed run
+/// must find the same files there, or its saliency change would compare other images.
+fn make_probe(val: &Loader, n: usize, seed: u64, dir: &Path, device: Device) -> Result<Option<saliency::Probe>> {
     if n == 0 {
         return Ok(None);
     }
-    let probe_loader = Loader { batch_size: n, ..val.clone() };
+    let picked = saliency::pick(&val.data.samples, n, seed);
+    let entries: Vec<saliency::ProbeEntry> = picked
+        .iter()
+        .map(|&i| {
+            let (path, label) = val.data.samples[i].clone();
+            saliency::ProbeEntry { class: val.data.classes[label as usize].clone(), path, label }
+        })
+        .collect();
+    let subset =
+        ImageFolder { samples: entries.iter().map(|e| (e.path.clone(), e.label)).collect(), ..val.data.clone() };
+    let probe_loader = Loader { data: subset, batch_size: n, shuffle: false, ..val.clone() };
     let batch = probe_loader.epoch(0, 0).next().context("empty validation set")??;
+    // Unreadable picks are left out of the probe (validation names and counts them).
+    let entries: Vec<_> = entries.into_iter().filter(|e| !batch.skipped.iter().any(|(p, _)| p == &e.path)).collect();
+    if entries.is_empty() {
+        bail!(
+            "no probe image could be read from {} (set saliency.probe: 0 to run without the probe)",
+            val.data.root.display()
+        );
+    }
+    let listed = dir.join("probe.json");
+    if listed.exists() {
+        let text = std::fs::read_to_string(&listed).with_context(|| format!("cannot read {}", listed.display()))?;
+        let before: Vec<saliency::ProbeEntry> =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a probe list", listed.display()))?;
+        if before != entries {
+            bail!(
+                "{} lists other images than the validation set gives now (was it changed?): the saliency change \
+                 would compare different images; restore the set, or start a new run",
+                listed.display()
+            );
+        }
+    } else {
+        crate::atomic::write_bytes(&listed, &serde_json::to_vec_pretty(&entries)?)?;
+    }
     let photos = val.norm.invert(&batch.images);
     Ok(Some(saliency::Probe {
         images: batch.images.to_device(device),

@@ -1,8 +1,14 @@
 //! Saliency convergence (the paper's Fig. 8 as a tool): full Group-CAM maps of a fixed probe set
 //! for their ground-truth classes after every epoch, and how much they moved.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use image::RgbImage;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::cam::{Explainer, GroupCam};
@@ -14,6 +20,42 @@ pub struct Probe {
     pub images: Tensor,
     pub labels: Vec<i64>,
     pub photos: Tensor,
+}
+
+/// The probe's sample indices: `n` validation images spread over the classes, round-robin
+/// (class 0's first pick, class 1's first, ..., then the second picks), each class's images in
+/// a seeded shuffle. A probe of sorted files would be `n` images of class 0.
+pub fn pick(samples: &[(PathBuf, i64)], n: usize, seed: u64) -> Vec<usize> {
+    let classes = samples.iter().map(|s| s.1).max().map_or(0, |m| m as usize + 1);
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, (_, c)) in samples.iter().enumerate() {
+        by_class[*c as usize].push(i);
+    }
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5A11_E0C7);
+    for c in &mut by_class {
+        c.shuffle(&mut rng);
+    }
+    let mut out = Vec::with_capacity(n);
+    for round in 0.. {
+        let before = out.len();
+        for c in &by_class {
+            if out.len() < n && round < c.len() {
+                out.push(c[round]);
+            }
+        }
+        if out.len() == n || out.len() == before {
+            break;
+        }
+    }
+    out
+}
+
+/// One probe image as `saliency/probe.json` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeEntry {
+    pub path: PathBuf,
+    pub class: String,
+    pub label: i64,
 }
 
 /// Maps (N x H x W) for the probe's labels, explained a few images at a time.
@@ -57,4 +99,26 @@ pub fn grid(photos: &Tensor, maps: &Tensor) -> Result<RgbImage> {
         image::imageops::replace(&mut out, &tile, (c * w) as i64, (r * h) as i64);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_spreads_over_the_classes_and_follows_the_seed() {
+        // 3 classes of 5, 2 and 4 images, in sorted (ImageFolder) order.
+        let samples: Vec<(PathBuf, i64)> = [5, 2, 4]
+            .iter()
+            .enumerate()
+            .flat_map(|(c, &k)| (0..k).map(move |i| (format!("{c}/{i}").into(), c as i64)))
+            .collect();
+        let p = pick(&samples, 7, 1);
+        let classes: Vec<i64> = p.iter().map(|&i| samples[i].1).collect();
+        assert_eq!(classes, [0, 1, 2, 0, 1, 2, 0]);
+        assert_eq!(p.iter().collect::<std::collections::HashSet<_>>().len(), 7, "a file picked twice");
+        assert_eq!(p, pick(&samples, 7, 1));
+        assert_ne!(p, pick(&samples, 7, 2), "the seed does not move the picks");
+        assert_eq!(pick(&samples, 50, 1).len(), 11, "a probe larger than the set is the whole set");
+    }
 }
