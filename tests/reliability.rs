@@ -153,6 +153,12 @@ fn finetune_refuses_a_second_writer_a_finished_run_and_a_bad_resume_changes_noth
     assert!(err.contains("bogus.safetensors") && !err.contains("frame #"), "{err}");
     assert_eq!(std::fs::read(run.join("config.yaml")).unwrap(), before, "a failed resume rewrote config.yaml");
 
+    let last = run.join("checkpoints/last.safetensors");
+    let (rc, err) =
+        finetune(&["--config", s(&cfg), "--set", "train.epochs=3", "--set", "arch=resnet34", "--resume", s(&last)]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("checkpoint of a resnet18 run, but the config's arch is resnet34"), "{err}");
+
     let (rc, err) = finetune(&["--config", s(&cfg), "--overwrite"]);
     assert_eq!(rc, 0, "{err}");
 }

@@ -65,8 +65,14 @@ pub fn save(path: &Path, vs: &nn::VarStore, sgd: &Sgd, saliency: Option<&Tensor>
     crate::atomic::write_safetensors(&named, path)
 }
 
-/// Restores weights, momentum and state; returns the state and the last probe maps.
-pub fn load(path: &Path, vs: &mut nn::VarStore, sgd: &mut Sgd) -> Result<(Meta, Option<Tensor>)> {
+/// Restores weights, momentum and state into a model of `arch`; returns the state and the last
+/// probe maps. A checkpoint of another architecture is refused by its recorded name first.
+pub fn load(
+    path: &Path,
+    vs: &mut nn::VarStore,
+    sgd: &mut Sgd,
+    arch: crate::models::Arch,
+) -> Result<(Meta, Option<Tensor>)> {
     let named = Tensor::read_safetensors(path).map_err(|e| {
         anyhow::anyhow!("cannot read checkpoint {}: {}", path.display(), crate::models::weights::torch_message(&e))
     })?;
@@ -92,7 +98,9 @@ pub fn load(path: &Path, vs: &mut nn::VarStore, sgd: &mut Sgd) -> Result<(Meta, 
         }
     }
     let meta = meta.with_context(|| format!("{} is not a groupcam checkpoint (no 'meta')", path.display()))?;
-    let arch: crate::models::Arch = meta.arch.parse()?;
+    if meta.arch != arch.name() {
+        bail!("{} is a checkpoint of a {} run, but the config's arch is {arch}", path.display(), meta.arch);
+    }
     crate::models::weights::assign(vs, model, path, arch)?;
     Ok((meta, saliency))
 }

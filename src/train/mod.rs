@@ -327,10 +327,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     let mut prev_maps = None;
     // The checkpoint is read and checked before anything is written: a failed resume changes nothing.
     if let Some(r) = &opts.resume {
-        let (m, s) = checkpoint::load(r, &mut model.vs, &mut sgd)?;
-        if m.arch != cfg.arch.name() {
-            bail!("{} is a checkpoint of a {} run, but the config's arch is {}", r.display(), m.arch, cfg.arch.name());
-        }
+        let (m, s) = checkpoint::load(r, &mut model.vs, &mut sgd, cfg.arch)?;
         if m.epoch >= cfg.train.epochs {
             bail!(
                 "{} already holds {} epochs and train.epochs is {}: nothing to resume (raise train.epochs)",
