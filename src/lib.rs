@@ -58,12 +58,41 @@ pub fn parse_device(s: &str) -> anyhow::Result<tch::Device> {
 /// What `groupcam doctor` prints: the build, the libtorch linked, CUDA and CPU threads.
 pub fn doctor() -> String {
     let version = option_env!("GROUPCAM_LIBTORCH_VERSION").unwrap_or("unknown");
-    format!(
+    let mut s = format!(
         "groupcam {}\nlibtorch {version}\ncuda available: {}\ncudnn available: {}\ncuda devices: {}\ncpu threads: {}\n",
         env!("CARGO_PKG_VERSION"),
         tch::Cuda::is_available(),
         tch::Cuda::cudnn_is_available(),
         tch::Cuda::device_count(),
         tch::get_num_threads()
-    )
+    );
+    for i in 0..tch::Cuda::device_count() as usize {
+        s += &format!("cuda:{i} kernel check: {}\n", kernel_check(tch::Device::Cuda(i)));
+    }
+    s
+}
+
+/// Runs one small kernel on `device` and checks its result: availability alone does not show
+/// that kernels for this GPU are in the build, or that the driver runs them.
+pub fn kernel_check(device: tch::Device) -> String {
+    let run = || -> anyhow::Result<f64> {
+        let x = tch::Tensor::arange(1024, (tch::Kind::Float, device));
+        Ok((&x * &x).sum(tch::Kind::Double).f_double_value(&[])?)
+    };
+    // sum of k^2 for k < 1024
+    let want = (1023.0 * 1024.0 * 2047.0) / 6.0;
+    match std::panic::catch_unwind(run) {
+        Ok(Ok(v)) if v == want => format!("ok (sum of squares of 0..1024 = {v})"),
+        Ok(Ok(v)) => format!("WRONG RESULT {v} (expected {want})"),
+        Ok(Err(e)) => format!("FAILED: {e}"),
+        Err(_) => "FAILED (libtorch panicked)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_kernel_check_computes_on_the_cpu() {
+        assert!(super::kernel_check(tch::Device::Cpu).starts_with("ok (sum of squares of 0..1024 = 357389824"));
+    }
 }

@@ -206,6 +206,18 @@ pub fn score_batched(
     Tensor::cat(&parts.into_iter().map(|(_, p)| p).collect::<Vec<_>>(), 0)
 }
 
+/// The head's logits in f32 whatever the features' precision. Under fp16 autocast (half
+/// activations) a half head rounds the logits to about 0.01, which is the size of the
+/// small group gains Group-CAM weighs; the head is a small part of the cost, so it runs
+/// in f32 with autocast off.
+pub fn head_f32(model: &dyn CamModel, a: &Tensor) -> Tensor {
+    if a.kind() == Kind::Half || a.kind() == Kind::BFloat16 {
+        let a = a.to_kind(Kind::Float);
+        return tch::autocast(false, || model.head_t(&a, false));
+    }
+    model.head_t(a, false)
+}
+
 /// Sets libtorch's process-wide intra-op thread count, and restores `restore` when dropped.
 pub struct ThreadCount {
     restore: i32,
@@ -225,7 +237,7 @@ impl Drop for ThreadCount {
 }
 
 fn class_probs(model: &dyn CamModel, inputs: &Tensor, classes: &Tensor) -> Tensor {
-    let probs = model.logits_eval(inputs).softmax(-1, Kind::Float);
+    let probs = head_f32(model, &model.features_t(inputs, false)).softmax(-1, Kind::Float);
     probs.gather(1, &classes.unsqueeze(1), false).squeeze_dim(1)
 }
 

@@ -306,6 +306,19 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     if cfg.train.amp == Amp::Fp16 && !matches!(device, Device::Cuda(_)) {
         bail!("key 'train.amp': fp16 needs a CUDA device (running on {device:?})");
     }
+    if cfg.train.device == "auto" && device == Device::Cpu {
+        // An old driver or a CPU-only libtorch would otherwise turn an ImageNet run into a
+        // CPU run without AMP, found out hours later.
+        eprintln!(
+            "warning: train.device is auto and libtorch sees no usable CUDA device ({} found): training on \
+             the CPU with AMP off; set train.device: cuda to make this an error",
+            tch::Cuda::device_count()
+        );
+    }
+    if device.is_cuda() {
+        // Fixed input sizes: cuDNN's autotuner picks each convolution's fastest algorithm once.
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
     match device {
         Device::Cuda(i) => println!(
             "device: cuda:{i} ({} CUDA device(s)), amp: {}",
@@ -429,7 +442,8 @@ impl Run<'_> {
             }
             let (x, y) = (batch.images.to_device(self.device), batch.labels.to_device(self.device));
             let x = if augmenting {
-                let a = self.augmenter.augment(&self.model, &x, &y)?;
+                // The loader's CPU labels: reading them back from the device would sync.
+                let a = self.augmenter.augment(&self.model, &x, &batch.labels)?;
                 stats.augmented += a.stats.augmented();
                 a.images
             } else {
