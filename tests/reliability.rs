@@ -53,6 +53,8 @@ fn out_of_range_values_are_refused_with_their_key() {
         ("data.input_size=1", "data.input_size"),
         ("augment.groups=0", "augment.groups"),
         ("train.momentum=1.5", "train.momentum"),
+        ("train.initial_loss_scale=0.5", "train.initial_loss_scale"),
+        ("train.tensorboard=sometimes", "train.tensorboard"),
     ] {
         let e = format!("{:#}", Config::load(&cfg, &[set.to_string()]).unwrap_err());
         assert!(e.contains(&format!("'{key}'")), "{set}: {e}");

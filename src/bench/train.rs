@@ -23,9 +23,14 @@ pub struct TrainBench {
     pub workers: Vec<usize>,
     /// Synthetic training images (320 x 320 PNG) decoded per loader measurement.
     pub images: usize,
+    /// fp16 autocast and loss scaling in the trainer's step (CUDA only).
+    pub amp: bool,
 }
 
 pub fn run(b: &TrainBench, device: Device) -> Result<Report> {
+    if b.amp && !device.is_cuda() {
+        anyhow::bail!("--amp is fp16 autocast, which needs a CUDA device (running on {device:?})");
+    }
     let data_dir = TempDir::new("train");
     let per_class = b.images.div_ceil(synth::SHAPES.len());
     synth::write(&data_dir.0, &SynthConfig { size: 320, train_per_class: per_class, val_per_class: 0, seed: 0 })?;
@@ -68,7 +73,7 @@ pub fn run(b: &TrainBench, device: Device) -> Result<Report> {
     model.set_training(true);
     let x = Tensor::randn([b.batch, 3, b.size, b.size], (Kind::Float, device));
     let y = Tensor::randint(1000, [b.batch], (Kind::Int64, device));
-    let mut trainer = Trainer { sgd: Sgd::new(&model.vs, 0.9, 1e-4), scaler: LossScaler::new(), amp: false };
+    let mut trainer = Trainer { sgd: Sgd::new(&model.vs, 0.9, 1e-4), scaler: LossScaler::new(), amp: b.amp };
     let mut bare_sgd = Sgd::new(&model.vs, 0.9, 1e-4);
     let tb_dir = TempDir::new("tb");
     let mut tb = EventLog::create(&tb_dir.0, OnError::Stop)?;

@@ -86,6 +86,9 @@ pub struct TrainArgs {
     /// Synthetic training images (320 x 320 PNG) decoded per loader measurement.
     #[arg(long, default_value_t = 96)]
     images: usize,
+    /// The trainer's step with fp16 autocast and loss scaling, as `train.amp` does (CUDA).
+    #[arg(long)]
+    amp: bool,
 }
 
 #[derive(Args)]
@@ -167,6 +170,7 @@ pub fn run(cmd: BenchCommand, device: Device) -> Result<()> {
                 reps: a.reps,
                 workers: a.workers,
                 images: a.images,
+                amp: a.amp,
             },
             device,
         )?,

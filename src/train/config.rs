@@ -112,6 +112,10 @@ pub struct TrainConfig {
     /// TensorBoard after one warning, or `off` (no log).
     #[serde(default)]
     pub tensorboard: crate::tb::OnError,
+    /// The fp16 loss scale a fresh run starts from (GradScaler's 65536); a resumed run
+    /// continues from its checkpoint's.
+    #[serde(default)]
+    pub initial_loss_scale: Option<f64>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -332,7 +332,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     let mut model = build_model(cfg, loaders.num_classes(), &loaders.train.data.root, device)?;
     let mut sgd = Sgd::new(&model.vs, cfg.train.momentum, cfg.train.weight_decay);
     let mut meta = Meta {
-        loss_scale: LossScaler::INITIAL,
+        loss_scale: cfg.train.initial_loss_scale.unwrap_or(LossScaler::INITIAL),
         arch: cfg.arch.name().to_string(),
         best_top1: -1.0,
         ..Default::default()

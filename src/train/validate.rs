@@ -52,6 +52,11 @@ pub fn ranges(cfg: &Config) -> Result<()> {
     if let Some(m) = t.max_steps {
         count("train.max_steps", m as i64, 1, i64::MAX)?;
     }
+    if let Some(v) = t.initial_loss_scale {
+        if !(v.is_finite() && v >= 1.0) {
+            bail!("key 'train.initial_loss_scale': {v} must be a finite number >= 1");
+        }
+    }
     if let Some(n) = t.threads {
         count("train.threads", n as i64, 1, MAX_THREADS)?;
     }
