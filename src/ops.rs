@@ -41,6 +41,23 @@ impl Blur {
         g.into_iter().map(|v| v / s).collect()
     }
 
+    /// The 1-D kernel as a tensor on `device`. On a GPU it is computed there (the same formula
+    /// in f64): uploading it from the host on every call was a blocking copy per batch.
+    pub fn kernel_on(&self, device: tch::Device) -> Tensor {
+        if device == tch::Device::Cpu {
+            return Tensor::from_slice(&self.kernel1d());
+        }
+        self.kernel_computed(device)
+    }
+
+    fn kernel_computed(&self, device: tch::Device) -> Tensor {
+        let k = self.ksize;
+        let shift = if k % 2 == 0 { 0.5 } else { 0.0 };
+        let x = Tensor::arange(k, (Kind::Double, device)) - (k / 2) as f64 + shift;
+        let g = (-(&x * &x) / (2.0 * self.sigma * self.sigma)).exp();
+        &g / g.sum(Kind::Double)
+    }
+
     /// Reflect padding of `ksize/2` needs every side longer than that.
     pub fn check(&self, height: i64, width: i64) -> Result<()> {
         let pad = self.ksize / 2;
@@ -58,7 +75,7 @@ impl Blur {
         let (_, c, h, w) = x.size4()?;
         self.check(h, w)?;
         let pad = self.ksize / 2;
-        let kern = Tensor::from_slice(&self.kernel1d()).to_kind(x.kind()).to_device(x.device());
+        let kern = self.kernel_on(x.device()).to_kind(x.kind());
         let kx = kern.view([1, 1, 1, self.ksize]).expand([c, 1, 1, self.ksize], false);
         let ky = kern.view([1, 1, self.ksize, 1]).expand([c, 1, self.ksize, 1], false);
         let out = match self.padding {
@@ -99,4 +116,19 @@ pub fn upsample(x: &Tensor, height: i64, width: i64) -> Tensor {
 /// Float32 view used wherever results leave the tensor world.
 pub fn to_f32_vec(x: &Tensor) -> Result<Vec<f32>> {
     Ok(Vec::<f32>::try_from(x.to_kind(Kind::Float).to_device(tch::Device::Cpu).flatten(0, -1))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_side_kernel_is_the_host_kernel() {
+        for b in [Blur::GROUP_CAM, Blur::RISE, Blur { ksize: 4, sigma: 1.5, padding: Padding::Zeros }] {
+            let host = Tensor::from_slice(&b.kernel1d());
+            let dev = b.kernel_computed(tch::Device::Cpu);
+            let d = (&host - &dev).abs().max().double_value(&[]);
+            assert!(d < 1e-15, "{b:?}: {d}");
+        }
+    }
 }
