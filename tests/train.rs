@@ -274,3 +274,56 @@ fn synth_boxes_hold_their_objects() {
         assert_eq!(coco["categories"][cat - 1]["name"], class);
     }
 }
+
+/// Issue 15, the fused checks: the fp16 path's loss scaling (autocast is a no-op on the CPU, so
+/// its arithmetic runs in f32) reads the loss and every gradient in one go. A scaled step equals
+/// the plain step; a scale that overflows f32 is caught, skips the step and halves the scale; a
+/// NaN loss changes nothing.
+#[test]
+fn the_scaled_step_checks_loss_and_gradients_at_once_and_skips_overflows() {
+    use groupcam::train::{LossScaler, StepResult, Trainer, sgd::Sgd};
+    let fresh = || {
+        tch::manual_seed(3);
+        Model::new(Arch::Resnet18, 4, Device::Cpu)
+    };
+    // Variables in name order, copied.
+    let params = |m: &Model| -> Vec<Tensor> {
+        let mut v: Vec<_> = m.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.into_iter().map(|(_, t)| t.detach().copy()).collect()
+    };
+    let max_diff = |a: &[Tensor], b: &[Tensor]| {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs().max().double_value(&[])).fold(0.0, f64::max)
+    };
+    let x = Tensor::randn([4, 3, 48, 48], (tch::Kind::Float, Device::Cpu));
+    let y = Tensor::from_slice(&[0i64, 1, 2, 3]);
+    let trainer = |m: &Model, amp: bool, scale: f64| Trainer {
+        sgd: Sgd::new(&m.vs, 0.9, 1e-4),
+        scaler: LossScaler::resume(scale, 0),
+        amp,
+    };
+
+    let (plain, scaled) = (fresh(), fresh());
+    let before = params(&plain);
+    assert!(matches!(trainer(&plain, false, 1.0).step(&plain, &x, &y, 0.1).unwrap(), StepResult::Done { .. }));
+    assert!(matches!(trainer(&scaled, true, 65536.0).step(&scaled, &x, &y, 0.1).unwrap(), StepResult::Done { .. }));
+    assert!(max_diff(&before, &params(&plain)) > 1e-4, "the step changed nothing");
+    let d = max_diff(&params(&plain), &params(&scaled));
+    assert!(d < 1e-6, "the scaled step differs from the plain one by {d}");
+
+    let over = fresh();
+    let before = params(&over);
+    let mut t = trainer(&over, true, 1e38);
+    assert!(matches!(t.step(&over, &x, &y, 0.1).unwrap(), StepResult::Overflow { .. }));
+    assert_eq!(t.scaler.scale(), 5e37, "an overflow halves the scale");
+    assert_eq!(max_diff(&before, &params(&over)), 0.0, "an overflowing step changed the weights");
+
+    let nan = x.copy();
+    let _ = nan.narrow(0, 0, 1).fill_(f64::NAN);
+    for amp in [false, true] {
+        let m = fresh();
+        let before = params(&m);
+        assert!(matches!(trainer(&m, amp, 65536.0).step(&m, &nan, &y, 0.1).unwrap(), StepResult::NonFinite(_)));
+        assert_eq!(max_diff(&before, &params(&m)), 0.0, "a NaN step changed the weights (amp {amp})");
+    }
+}

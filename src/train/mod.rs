@@ -94,12 +94,13 @@ pub fn lr_schedule(cfg: &Config, epoch: usize) -> (f64, Phase) {
     }
 }
 
-/// Top-1 and top-5 hits of a batch.
-fn hits(logits: &Tensor, labels: &Tensor) -> (i64, i64) {
+/// Top-1 and top-5 hits of a batch, as device scalars: summed there and read once per
+/// epoch (a read per batch would stall a GPU twice a step).
+fn hits(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
     let k = 5.min(logits.size()[1]);
     let top = logits.topk(k, 1, true, true).1;
     let eq = top.eq_tensor(&labels.unsqueeze(1));
-    (eq.narrow(1, 0, 1).sum(Kind::Int64).int64_value(&[]), eq.sum(Kind::Int64).int64_value(&[]))
+    (eq.narrow(1, 0, 1).sum(Kind::Int64), eq.sum(Kind::Int64))
 }
 
 /// The run's training and validation loaders, as the config describes them.
@@ -428,6 +429,7 @@ impl Run<'_> {
         bar.set_style(ProgressStyle::with_template("  {pos}/{len} [{bar:30}] {msg} ETA {eta}")?);
         let start = Instant::now();
         let mut stats = EpochStats::default();
+        let mut correct = Tensor::zeros([], (Kind::Int64, self.device));
         self.model.set_training(true);
         for batch in self.loaders.train.epoch(epoch, 0).take(steps) {
             let batch = batch?;
@@ -471,7 +473,7 @@ impl Run<'_> {
             self.meta.step += 1;
             stats.loss_sum += loss * n as f64;
             stats.seen += n;
-            stats.correct += top1;
+            correct += top1;
             let ips = stats.seen as f64 / start.elapsed().as_secs_f64();
             let step = self.meta.step;
             self.logged(|tb| log_step(tb, step, loss, lr, ips))?;
@@ -479,6 +481,7 @@ impl Run<'_> {
             bar.inc(1);
         }
         bar.finish_and_clear();
+        stats.correct = correct.int64_value(&[]);
         if stats.seen == 0 {
             bail!(
                 "epoch {} trained on no image: every image of its {steps} batches was skipped as unreadable \
@@ -574,13 +577,11 @@ fn summary_line(rec: &EpochRecord, epochs: usize) -> String {
 pub enum StepResult {
     Done {
         loss: f64,
-        top1: i64,
+        /// Top-1 hits, on the device.
+        top1: Tensor,
     },
     /// fp16 gradients overflowed: the step was skipped and the loss scale halved.
-    Overflow {
-        loss: f64,
-        top1: i64,
-    },
+    Overflow { loss: f64, top1: Tensor },
     /// The loss was NaN or infinite: nothing was changed.
     NonFinite(f64),
 }
@@ -600,21 +601,32 @@ impl Trainer {
         let amp = self.amp;
         let logits = tch::autocast(amp, || model.forward(x));
         let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(y);
-        let value = loss.double_value(&[]);
-        if !value.is_finite() {
-            return Ok(StepResult::NonFinite(value));
-        }
         let top1 = hits(&logits.detach(), y).0;
         self.sgd.zero_grad();
         if !amp {
+            // The step's one read from the device: the loss, checked before it can do harm.
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                return Ok(StepResult::NonFinite(value));
+            }
             loss.backward();
             self.sgd.step(lr);
             return Ok(StepResult::Done { loss: value, top1 });
         }
         let scale = self.scaler.scale();
-        (loss * scale).backward();
+        (&loss * scale).backward();
         let grads = self.sgd.grads();
-        let finite = grads.iter().all(|g| g.isfinite().all().int64_value(&[]) == 1);
+        // One read for the loss and every gradient (it was one per parameter): a gradient's sum
+        // is non-finite when one of its elements is, and a sum that overflows f32 is an
+        // overflow of the step in any case.
+        let sums: Vec<Tensor> = grads.iter().map(|g| g.sum(Kind::Float)).collect();
+        let checks = Tensor::stack(&[loss.detach(), Tensor::stack(&sums, 0).sum(Kind::Float)], 0);
+        let checks = Vec::<f64>::try_from(checks.to_kind(Kind::Double).to_device(Device::Cpu))?;
+        let (value, grad_sum) = (checks[0], checks[1]);
+        if !value.is_finite() {
+            return Ok(StepResult::NonFinite(value));
+        }
+        let finite = grad_sum.is_finite();
         self.scaler.update(!finite);
         if !finite {
             return Ok(StepResult::Overflow { loss: value, top1 });
@@ -642,7 +654,8 @@ pub struct Validation {
 
 /// Top-1 and top-5 accuracy over a loader, in eval mode.
 pub fn evaluate(model: &dyn CamModel, loader: &Loader, device: Device) -> Result<Validation> {
-    let (mut n, mut t1, mut t5) = (0i64, 0i64, 0i64);
+    let mut n = 0i64;
+    let (mut t1, mut t5) = (Tensor::zeros([], (Kind::Int64, device)), Tensor::zeros([], (Kind::Int64, device)));
     let mut skipped = Vec::new();
     for batch in loader.epoch(0, 0) {
         let batch = batch?;
@@ -662,6 +675,7 @@ pub fn evaluate(model: &dyn CamModel, loader: &Loader, device: Device) -> Result
             skipped.first().map(|(p, why)| format!("{}: {why}", p.display())).unwrap_or_default()
         );
     }
+    let (t1, t5) = (t1.int64_value(&[]), t5.int64_value(&[]));
     Ok(Validation { top1: t1 as f64 / n as f64, top5: t5 as f64 / n as f64, images: n as usize, skipped })
 }
 
