@@ -6,6 +6,7 @@ pub mod augment;
 pub mod bench;
 pub mod cam;
 pub mod choice;
+pub mod cuda;
 pub mod data;
 pub mod error;
 pub mod eval;
@@ -68,6 +69,13 @@ pub fn doctor() -> String {
     );
     for i in 0..tch::Cuda::device_count() as usize {
         s += &format!("cuda:{i} kernel check: {}\n", kernel_check(tch::Device::Cuda(i)));
+        if let Some((free, total)) = cuda::memory(i) {
+            s += &format!(
+                "cuda:{i} memory: {:.1} GiB free of {:.1} GiB\n",
+                free as f64 / (1u64 << 30) as f64,
+                total as f64 / (1u64 << 30) as f64
+            );
+        }
     }
     s
 }

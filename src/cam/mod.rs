@@ -249,10 +249,13 @@ unsafe impl Send for Shared<'_> {}
 unsafe impl Sync for Shared<'_> {}
 
 /// Images per forward on a device with one lane: on this 2-core CPU, ResNet-50 forwards of 8
-/// images run faster per image than one large forward (BENCHMARKS.md, "Scoring lanes").
+/// images run faster per image than one large forward (BENCHMARKS.md, "Scoring lanes"); on a
+/// GPU as many 224 px images as half its free memory holds ([`crate::cuda::chunk_for`]; 64
+/// when the runtime cannot be asked).
 pub fn default_chunk(device: Device) -> i64 {
     match device {
         Device::Cpu => 8,
+        Device::Cuda(i) => crate::cuda::memory(i).map_or(64, |(free, _)| crate::cuda::chunk_for(free, 224 * 224)),
         _ => 64,
     }
 }
