@@ -2,7 +2,7 @@
 # With your own libtorch 2.11, export LIBTORCH=/path/to/libtorch and `make build` skips the venv
 # (the tests still use .venv's Python to make their PyTorch fixtures).
 CARGO ?= cargo
-SETUP := .venv/.groupcam-setup-1
+SETUP := .venv/.groupcam-setup-2
 BIN := target/release/groupcam
 EFFNET := .venv/weights/efficientnet-lite0.pth
 

@@ -3,11 +3,13 @@
 
 pub mod atomic;
 pub mod augment;
+pub mod autocast;
 pub mod bench;
 pub mod cam;
 pub mod choice;
 pub mod cuda;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod explain;
