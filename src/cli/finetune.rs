@@ -1,10 +1,13 @@
 //! `groupcam finetune`, `synth` and `report`.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Args;
 
+use groupcam::dist::launch;
 use groupcam::synth::{self, SynthConfig};
 use groupcam::train::{self, Config, RunOptions, report};
 
@@ -28,6 +31,9 @@ pub struct FinetuneArgs {
     /// Clear a directory that already holds a run before starting a new one there.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
+    /// Spawn N local data-parallel ranks of this command (Gloo on CPU, NCCL on cuda:0..N-1).
+    #[arg(long, value_name = "N")]
+    nproc: Option<usize>,
 }
 
 #[derive(Args)]
@@ -63,7 +69,16 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         sets.push(format!("out={}", o.display()));
     }
     let cfg = Config::load(&a.config, &sets)?;
-    train::run(&cfg, &RunOptions { resume: a.resume, progress: !a.quiet, overwrite: a.overwrite })?;
+    let launch = launch::from_env()?;
+    if let Some(n) = a.nproc {
+        if let Some(l) = launch {
+            bail!("--nproc {n}: this process is already rank {} of a {} launch", l.rv.rank, l.source);
+        }
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        // The ranks time out on their own; the grace only covers one that hangs for good.
+        return launch::spawn_local(n, &launch::without_nproc(&args), cfg.dist.timeout() * 2 + Duration::from_secs(10));
+    }
+    train::run(&cfg, &RunOptions { resume: a.resume, progress: !a.quiet, overwrite: a.overwrite, launch })?;
     Ok(())
 }
 

@@ -109,12 +109,18 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// The sample indices of each batch of `epoch`.
-    pub fn batches(&self, epoch: usize) -> Vec<Vec<usize>> {
+    /// The order of the samples in `epoch`: one permutation per (seed, epoch) when shuffling.
+    pub fn order(&self, epoch: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.data.len()).collect();
         if self.shuffle {
             order.shuffle(&mut StdRng::seed_from_u64(mix(self.seed, epoch as u64, u64::MAX)));
         }
+        order
+    }
+
+    /// The sample indices of each batch of `epoch`.
+    pub fn batches(&self, epoch: usize) -> Vec<Vec<usize>> {
+        let order = self.order(epoch);
         let mut out: Vec<Vec<usize>> = order.chunks(self.batch_size.max(1)).map(|c| c.to_vec()).collect();
         if self.drop_last && out.last().is_some_and(|b| b.len() < self.batch_size) {
             out.pop();
@@ -131,7 +137,19 @@ impl Loader {
     /// goes wrong in a worker (a panic included) is an `Err` item, after which the iterator
     /// ends: an epoch never ends early without saying so.
     pub fn epoch(&self, epoch: usize, start: usize) -> impl Iterator<Item = Result<Batch>> + use<> {
-        let plan: Vec<(usize, Vec<usize>)> = self.batches(epoch).into_iter().enumerate().skip(start).collect();
+        self.epoch_of(epoch, self.batches(epoch), start)
+    }
+
+    /// Iterates over the given batches of `epoch` (a rank's shard), from `start` on, as
+    /// [`Loader::epoch`] does; each sample's transform is seeded by (seed, epoch, sample), so a
+    /// sample is cropped the same whichever rank decodes it.
+    pub fn epoch_of(
+        &self,
+        epoch: usize,
+        batches: Vec<Vec<usize>>,
+        start: usize,
+    ) -> impl Iterator<Item = Result<Batch>> + use<> {
+        let plan: Vec<(usize, Vec<usize>)> = batches.into_iter().enumerate().skip(start).collect();
         let end = start + plan.len();
         let (job_tx, job_rx) = unbounded::<(usize, Vec<usize>)>();
         for job in plan {

@@ -31,6 +31,9 @@ pub struct Config {
     /// The run directory (checkpoints, TensorBoard logs, saliency grids, report).
     #[serde(default = "default_out")]
     pub out: PathBuf,
+    /// Data-parallel settings (timeouts, weight checks, buckets) for runs on several ranks.
+    #[serde(default)]
+    pub dist: crate::dist::DistConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -116,6 +119,10 @@ pub struct TrainConfig {
     /// continues from its checkpoint's.
     #[serde(default)]
     pub initial_loss_scale: Option<f64>,
+    /// Keep BatchNorm in eval mode (running statistics frozen) while the rest trains. The
+    /// networks run their eval-mode forward, so dropout is off too.
+    #[serde(default)]
+    pub freeze_bn: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -25,6 +25,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::augment::GroupCamAugment;
 use crate::data::{ImageFolder, Loader, Transform};
+use crate::dist::{Ddp, Group, Launch, sampler};
 use crate::models::{CamModel, Model, weights};
 use crate::tb::EventLog;
 pub use checkpoint::{EpochRecord, Meta};
@@ -49,6 +50,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Clear a directory that already holds a run (`--overwrite`); otherwise only a resume reuses one.
     pub overwrite: bool,
+    /// This process's rank in a data-parallel launch (`dist::launch::from_env`); None: alone.
+    pub launch: Option<Launch>,
 }
 
 /// The part of the run an epoch belongs to.
@@ -212,13 +215,18 @@ fn last_checkpoint(dir: &RunDir, epochs_done: usize) -> Option<String> {
 
 impl RunDir {
     fn create(cfg: &Config) -> Result<RunDir> {
-        let out = cfg.out.clone();
-        let dir = RunDir { checkpoints: out.join("checkpoints"), saliency: out.join("saliency"), out };
+        let dir = RunDir::of(cfg);
         for d in [&dir.out, &dir.checkpoints, &dir.saliency] {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
         }
         crate::atomic::write_bytes(&dir.out.join("config.yaml"), serde_yaml::to_string(cfg)?.as_bytes())?;
         Ok(dir)
+    }
+
+    /// The paths of the run directory without creating anything (ranks other than 0).
+    fn of(cfg: &Config) -> RunDir {
+        let out = cfg.out.clone();
+        RunDir { checkpoints: out.join("checkpoints"), saliency: out.join("saliency"), out }
     }
 
     fn last(&self) -> PathBuf {
@@ -229,18 +237,23 @@ impl RunDir {
 /// Progress bars, and lines that go above them on a terminal (to stdout otherwise).
 struct Console {
     bars: MultiProgress,
+    /// Ranks other than 0 print only errors.
+    silent: bool,
 }
 
 impl Console {
-    fn new(progress: bool) -> Console {
+    fn new(progress: bool, silent: bool) -> Console {
         let bars = MultiProgress::new();
-        if !progress {
+        if !progress || silent {
             bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
-        Console { bars }
+        Console { bars, silent }
     }
 
     fn say(&self, line: String) {
+        if self.silent {
+            return;
+        }
         if self.bars.is_hidden() {
             println!("{line}");
         } else {
@@ -261,6 +274,20 @@ pub struct EpochStats {
 }
 
 impl EpochStats {
+    /// The stats of all ranks together (the time is this rank's).
+    fn summed(self, d: &Ddp) -> Result<EpochStats> {
+        let s =
+            d.sum(&[self.loss_sum, self.seen as f64, self.correct as f64, self.augmented as f64, self.skipped as f64])?;
+        Ok(EpochStats {
+            loss_sum: s[0],
+            seen: s[1] as i64,
+            correct: s[2] as i64,
+            augmented: s[3] as usize,
+            skipped: s[4] as usize,
+            seconds: self.seconds,
+        })
+    }
+
     fn record(&self, epoch: usize, phase: Phase, lr: f64, val: &Validation) -> EpochRecord {
         let seen = self.seen.max(1) as f64;
         EpochRecord {
@@ -291,6 +318,7 @@ struct Run<'a> {
     trainer: Trainer,
     augmenter: GroupCamAugment,
     dir: RunDir,
+    /// The TensorBoard log (off on ranks other than 0, which write no files).
     tb: EventLog,
     console: Console,
     meta: Meta,
@@ -299,7 +327,19 @@ struct Run<'a> {
 }
 
 pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
-    let device = crate::parse_device(&cfg.train.device).context("key 'train.device'")?;
+    let launch = opts.launch.as_ref();
+    let device =
+        crate::dist::launch::device(crate::parse_device(&cfg.train.device).context("key 'train.device'")?, launch)?;
+    if let Some(l) = launch {
+        if cfg.train.batch_size % l.rv.world != 0 {
+            bail!(
+                "key 'train.batch_size': the global batch {} is not divisible by the world size {}",
+                cfg.train.batch_size,
+                l.rv.world
+            );
+        }
+    }
+    let main = launch.is_none_or(|l| l.rv.rank == 0);
     if let Some(n) = cfg.train.threads {
         tch::set_num_threads(n);
     }
@@ -307,7 +347,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     if cfg.train.amp == Amp::Fp16 && !matches!(device, Device::Cuda(_)) {
         bail!("key 'train.amp': fp16 needs a CUDA device (running on {device:?})");
     }
-    if cfg.train.device == "auto" && device == Device::Cpu {
+    if main && cfg.train.device == "auto" && device == Device::Cpu {
         // An old driver or a CPU-only libtorch would otherwise turn an ImageNet run into a
         // CPU run without AMP, found out hours later.
         eprintln!(
@@ -321,6 +361,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         tch::Cuda::cudnn_set_benchmark(true);
     }
     match device {
+        _ if !main => {}
         Device::Cuda(i) => println!(
             "device: cuda:{i} ({} CUDA device(s)), amp: {}",
             tch::Cuda::device_count(),
@@ -328,6 +369,16 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         ),
         _ => println!("device: cpu ({} threads)", tch::get_num_threads()),
     }
+    if let (true, Some(l)) = (main, launch) {
+        println!(
+            "data-parallel: {} ranks ({} launch), {} per rank",
+            l.rv.world,
+            l.source,
+            cfg.train.batch_size / l.rv.world
+        );
+    }
+    // Join the group first: a bad launch fails before any work.
+    let group = launch.map(|l| Group::new(&l.rv, device, cfg.dist.timeout())).transpose()?;
 
     let loaders = Loaders::build(cfg)?;
     let mut model = build_model(cfg, loaders.num_classes(), &loaders.train.data.root, device)?;
@@ -350,25 +401,43 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
                 cfg.train.epochs
             );
         }
-        println!("resumed from {} after epoch {}", r.display(), m.epoch);
+        if main {
+            println!("resumed from {} after epoch {}", r.display(), m.epoch);
+        }
         (meta, prev_maps) = (m, s);
     }
-    let reuse = match (&opts.resume, opts.overwrite) {
-        (Some(_), _) => Reuse::Resume,
-        (None, true) => Reuse::Overwrite,
-        (None, false) => Reuse::Fresh,
+    // Only rank 0 writes into the run directory, so only rank 0 holds its lock; another rank
+    // learns of a refused directory when rank 0 leaves the group (the broadcast below fails).
+    let _lock = if main {
+        let reuse = match (&opts.resume, opts.overwrite) {
+            (Some(_), _) => Reuse::Resume,
+            (None, true) => Reuse::Overwrite,
+            (None, false) => Reuse::Fresh,
+        };
+        let mut lock = LockedDir::open(&cfg.out, reuse)?;
+        if let Some(pid) = lock.stale_pid {
+            println!("took over the stale lock of process {pid}, which is no longer running");
+        }
+        lock.start()?;
+        Some(lock)
+    } else {
+        None
     };
-    let mut lock = LockedDir::open(&cfg.out, reuse)?;
-    if let Some(pid) = lock.stale_pid {
-        println!("took over the stale lock of process {pid}, which is no longer running");
+    let _interrupt = Interrupt::install();
+    let dir = if main { RunDir::create(cfg)? } else { RunDir::of(cfg) };
+    let ddp = group.map(|g| Ddp::new(g, &model.vs, cfg.dist.bucket_bytes()));
+    if let Some(d) = &ddp {
+        d.broadcast_state()?;
     }
-    lock.start()?;
-    let interrupt = Interrupt::install();
-    let dir = RunDir::create(cfg)?;
     let trainer =
-        Trainer { sgd, scaler: LossScaler::resume(meta.loss_scale, meta.loss_scale_clean_steps), amp: use_amp };
-    let tb = EventLog::create(&dir.out.join("tb"), cfg.train.tensorboard)?;
-    let (saliency, grid) = SaliencyTracker::start(cfg, &loaders.val, &model, prev_maps, &dir.saliency, device)?;
+        Trainer { sgd, scaler: LossScaler::resume(meta.loss_scale, meta.loss_scale_clean_steps), amp: use_amp, ddp };
+    // Ranks other than 0 write nothing: no event file, no probe, no grids.
+    let tb = EventLog::create(&dir.out.join("tb"), if main { cfg.train.tensorboard } else { crate::tb::OnError::Off })?;
+    let (saliency, grid) = if main {
+        SaliencyTracker::start(cfg, &loaders.val, &model, prev_maps, &dir.saliency, device)?
+    } else {
+        (SaliencyTracker { probe: None, prev: prev_maps }, None)
+    };
     let mut run = Run {
         cfg,
         device,
@@ -378,7 +447,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         augmenter: cfg.augmenter(),
         dir,
         tb,
-        console: Console::new(opts.progress),
+        console: Console::new(opts.progress, !main),
         meta,
         saliency,
         named_skips: HashSet::new(),
@@ -396,7 +465,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         let (lr, phase) = lr_schedule(cfg, epoch);
         let stats = run.train_one_epoch(epoch, lr, phase)?;
         run.model.set_training(false);
-        let val = evaluate(&run.model, &run.loaders.val, device)?;
+        let val = evaluate_sharded(&run.model, &run.loaders.val, device, run.trainer.ddp.as_ref())?;
         run.say_skips(&val.skipped);
         let mut rec = stats.record(epoch, phase, lr, &val);
         let grid = run.track_saliency(&mut rec)?;
@@ -408,7 +477,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
             tb.flush()
         })?;
         epoch_bar.inc(1);
-        if interrupt.requested() && epoch + 1 < epochs {
+        if run.stop_requested()? && epoch + 1 < epochs {
             return Err(interrupted(&run, format!("the end of epoch {}", epoch + 1)));
         }
     }
@@ -421,29 +490,36 @@ impl Run<'_> {
     /// augmented in the fine-tuning phase, then one SGD step.
     fn train_one_epoch(&mut self, epoch: usize, lr: f64, phase: Phase) -> Result<EpochStats> {
         let augmenting = self.cfg.augment.enabled && phase == Phase::Finetune;
-        // Augmentation draws and dropout come from torch's generator: seeded per epoch, a
-        // resumed run replays the epoch exactly.
-        tch::manual_seed((self.cfg.train.seed as i64).wrapping_mul(1_000_003).wrapping_add(epoch as i64));
-        let steps = self.loaders.train.num_batches(epoch).min(self.cfg.train.max_steps.unwrap_or(usize::MAX));
+        // Augmentation draws and dropout come from torch's generator: seeded per epoch (and
+        // rank; rank 0 as a single process), a resumed run replays the epoch exactly.
+        let rank = self.trainer.ddp.as_ref().map_or(0, |d| d.rank()) as i64;
+        tch::manual_seed(
+            (self.cfg.train.seed as i64)
+                .wrapping_mul(1_000_003)
+                .wrapping_add(epoch as i64)
+                .wrapping_add(rank.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as i64)),
+        );
+        let plan = self.train_batches(epoch);
+        let steps = plan.len().min(self.cfg.train.max_steps.unwrap_or(usize::MAX));
         let bar = self.console.bars.add(ProgressBar::new(steps as u64));
         bar.set_style(ProgressStyle::with_template("  {pos}/{len} [{bar:30}] {msg} ETA {eta}")?);
         let start = Instant::now();
         let mut stats = EpochStats::default();
         let mut correct = Tensor::zeros([], (Kind::Int64, self.device));
-        self.model.set_training(true);
-        for batch in self.loaders.train.epoch(epoch, 0).take(steps) {
+        self.model.set_training(!self.cfg.train.freeze_bn);
+        for batch in self.loaders.train.epoch_of(epoch, plan, 0).take(steps) {
             let batch = batch?;
-            if crate::interrupt::requested() {
+            if self.stop_requested()? {
                 return Err(interrupted(self, format!("epoch {}, step {}", epoch + 1, self.meta.step)));
             }
             stats.skipped += batch.skipped.len();
             self.say_skips(&batch.skipped);
             let n = batch.images.size()[0];
-            if n == 0 {
+            if n == 0 && self.trainer.ddp.is_none() {
                 continue;
             }
             let (x, y) = (batch.images.to_device(self.device), batch.labels.to_device(self.device));
-            let x = if augmenting {
+            let x = if augmenting && n > 0 {
                 // The loader's CPU labels: reading them back from the device would sync.
                 let a = self.augmenter.augment(&self.model, &x, &batch.labels)?;
                 stats.augmented += a.stats.augmented();
@@ -451,7 +527,11 @@ impl Run<'_> {
             } else {
                 x
             };
-            let (loss, top1) = match self.trainer.step(&self.model, &x, &y, lr)? {
+            let result = match n {
+                0 => self.trainer.step_empty(lr)?,
+                _ => self.trainer.step(&self.model, &x, &y, lr)?,
+            };
+            let (loss, top1) = match result {
                 StepResult::Done { loss, top1 } => (loss, top1),
                 StepResult::Overflow { loss, top1 } => {
                     self.console.say(format!(
@@ -462,7 +542,8 @@ impl Run<'_> {
                     (loss, top1)
                 }
                 StepResult::NonFinite(v) => bail!(
-                    "loss is {v} at epoch {} step {} (lr {lr:e}): lower the learning rate; {}",
+                    "loss is {v}{} at epoch {} step {} (lr {lr:e}): lower the learning rate; {}",
+                    if self.trainer.ddp.is_some() { " on at least one rank" } else { "" },
                     epoch + 1,
                     self.meta.step,
                     last_checkpoint(&self.dir, self.meta.epoch)
@@ -474,6 +555,10 @@ impl Run<'_> {
             stats.loss_sum += loss * n as f64;
             stats.seen += n;
             correct += top1;
+            let every = self.cfg.dist.check_every;
+            if let (Some(d), true) = (&self.trainer.ddp, every > 0 && self.meta.step % every == 0) {
+                d.check_agreement(self.meta.step)?;
+            }
             let ips = stats.seen as f64 / start.elapsed().as_secs_f64();
             let step = self.meta.step;
             self.logged(|tb| log_step(tb, step, loss, lr, ips))?;
@@ -482,6 +567,12 @@ impl Run<'_> {
         }
         bar.finish_and_clear();
         stats.correct = correct.int64_value(&[]);
+        stats.seconds = start.elapsed().as_secs_f64();
+        if let Some(d) = &self.trainer.ddp {
+            // Every rank takes the same decision below from the counts of all.
+            d.check_agreement(self.meta.step)?;
+            stats = stats.summed(d)?;
+        }
         if stats.seen == 0 {
             bail!(
                 "epoch {} trained on no image: every image of its {steps} batches was skipped as unreadable \
@@ -489,8 +580,32 @@ impl Run<'_> {
                 epoch + 1
             );
         }
-        stats.seconds = start.elapsed().as_secs_f64();
         Ok(stats)
+    }
+
+    /// Whether this process writes the run's files (rank 0, or the only process).
+    fn writes(&self) -> bool {
+        self.trainer.ddp.as_ref().is_none_or(|d| d.rank() == 0)
+    }
+
+    /// Ctrl-C, decided together: a rank stops when any rank was interrupted, so that all of them
+    /// stop at the same step (one that stopped alone would leave the others waiting on it).
+    fn stop_requested(&self) -> Result<bool> {
+        self.trainer.any_rank(crate::interrupt::requested())
+    }
+
+    /// This rank's batches of `epoch`: all of the loader's alone, else its DistributedSampler
+    /// shard in batches of `train.batch_size / world`.
+    fn train_batches(&self, epoch: usize) -> Vec<Vec<usize>> {
+        let loader = &self.loaders.train;
+        match &self.trainer.ddp {
+            None => loader.batches(epoch),
+            Some(d) => sampler::batches(
+                &sampler::shard(&loader.order(epoch), d.rank(), d.world(), true),
+                loader.batch_size / d.world(),
+                loader.drop_last,
+            ),
+        }
     }
 
     /// Names each unreadable file once per run (train and validation alike).
@@ -532,6 +647,9 @@ impl Run<'_> {
         self.meta.epoch = rec.epoch;
         self.meta.history.push(rec);
         (self.meta.loss_scale, self.meta.loss_scale_clean_steps) = self.trainer.scaler.state();
+        if !self.writes() {
+            return Ok(());
+        }
         let (vs, sgd, maps) = (&self.model.vs, &self.trainer.sgd, self.saliency.prev.as_ref());
         checkpoint::save(&self.dir.last(), vs, sgd, maps, &self.meta)?;
         if improved {
@@ -541,18 +659,31 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Final weights in torchvision's names and the report.
-    fn finish(self) -> Result<RunSummary> {
+    /// Final weights and the report (rank 0), then the group's last barrier.
+    fn finish(mut self) -> Result<RunSummary> {
         let out = self.dir.out;
-        weights::save_torchvision(&self.model.vs, &out.join("final.safetensors"), self.meta.step as i64)?;
-        crate::atomic::write_bytes(
-            &out.join("report.md"),
-            report::render(&self.meta.history, None, &out, None).as_bytes(),
-        )?;
-        println!("final weights: {}", out.join("final.safetensors").display());
-        println!("report: {}", out.join("report.md").display());
-        Ok(RunSummary { out, history: self.meta.history, best_top1: self.meta.best_top1 })
+        let summary = |meta: Meta| RunSummary { out: out.clone(), history: meta.history, best_top1: meta.best_top1 };
+        if let Some(d) = self.trainer.ddp.take() {
+            // Rank 0 writes while the others wait, so that every rank's success means a whole run.
+            let main = d.rank() == 0;
+            if main {
+                write_outputs(&self.model, &self.meta, &out)?;
+            }
+            d.group.finish()?;
+            return Ok(summary(self.meta));
+        }
+        write_outputs(&self.model, &self.meta, &out)?;
+        Ok(summary(self.meta))
     }
+}
+
+/// Final weights in torchvision's names and the report.
+fn write_outputs(model: &Model, meta: &Meta, out: &Path) -> Result<()> {
+    weights::save_torchvision(&model.vs, &out.join("final.safetensors"), meta.step as i64)?;
+    crate::atomic::write_bytes(&out.join("report.md"), report::render(&meta.history, None, out, None).as_bytes())?;
+    println!("final weights: {}", out.join("final.safetensors").display());
+    println!("report: {}", out.join("report.md").display());
+    Ok(())
 }
 
 fn summary_line(rec: &EpochRecord, epochs: usize) -> String {
@@ -592,6 +723,8 @@ pub struct Trainer {
     pub scaler: LossScaler,
     /// fp16 autocast with dynamic loss scaling (CUDA).
     pub amp: bool,
+    /// Gradients averaged over the ranks after each backward (data-parallel runs).
+    pub ddp: Option<Ddp>,
 }
 
 impl Trainer {
@@ -606,25 +739,59 @@ impl Trainer {
         if !amp {
             // The step's one read from the device: the loss, checked before it can do harm.
             let value = loss.double_value(&[]);
-            if !value.is_finite() {
-                return Ok(StepResult::NonFinite(value));
+            // Decided together: a rank that stopped alone would leave the others in the all-reduce.
+            if self.any_rank(!value.is_finite())? {
+                return Ok(StepResult::NonFinite(if value.is_finite() { f64::NAN } else { value }));
             }
             loss.backward();
+            self.average_gradients()?;
             self.sgd.step(lr);
             return Ok(StepResult::Done { loss: value, top1 });
         }
         let scale = self.scaler.scale();
         (&loss * scale).backward();
+        self.finish_amp(Some(&loss), scale, lr, top1)
+    }
+
+    /// This rank's part of a step when its whole batch was unreadable (data-parallel runs):
+    /// zero gradients into the average, then the same update as every other rank, with the
+    /// same collectives in the same order as [`Trainer::step`], so that the weights stay
+    /// identical (alone, such a batch is simply skipped).
+    pub fn step_empty(&mut self, lr: f64) -> Result<StepResult> {
+        self.sgd.zero_grad();
+        let zero = self.sgd.zero_loss();
+        let top1 = Tensor::zeros([], (Kind::Int64, zero.device()));
+        if !self.amp {
+            if self.any_rank(false)? {
+                return Ok(StepResult::NonFinite(f64::NAN));
+            }
+            zero.backward();
+            self.average_gradients()?;
+            self.sgd.step(lr);
+            return Ok(StepResult::Done { loss: 0.0, top1 });
+        }
+        let scale = self.scaler.scale();
+        zero.backward();
+        self.finish_amp(None, scale, lr, top1)
+    }
+
+    /// The fp16 step after its scaled backward: gradients averaged over the ranks (before the
+    /// overflow check, so that every rank takes the same decision), one read of the loss and
+    /// the gradients' sum, then the unscaled update or, on overflow, a lower scale.
+    fn finish_amp(&mut self, loss: Option<&Tensor>, scale: f64, lr: f64, top1: Tensor) -> Result<StepResult> {
+        self.average_gradients()?;
         let grads = self.sgd.grads();
         // One read for the loss and every gradient (it was one per parameter): a gradient's sum
         // is non-finite when one of its elements is, and a sum that overflows f32 is an
         // overflow of the step in any case.
         let sums: Vec<Tensor> = grads.iter().map(|g| g.sum(Kind::Float)).collect();
-        let checks = Tensor::stack(&[loss.detach(), Tensor::stack(&sums, 0).sum(Kind::Float)], 0);
+        let grad_total = Tensor::stack(&sums, 0).sum(Kind::Float);
+        let loss = loss.map_or_else(|| grad_total.zeros_like(), |l| l.detach());
+        let checks = Tensor::stack(&[loss, grad_total], 0);
         let checks = Vec::<f64>::try_from(checks.to_kind(Kind::Double).to_device(Device::Cpu))?;
         let (value, grad_sum) = (checks[0], checks[1]);
-        if !value.is_finite() {
-            return Ok(StepResult::NonFinite(value));
+        if self.any_rank(!value.is_finite())? {
+            return Ok(StepResult::NonFinite(if value.is_finite() { f64::NAN } else { value }));
         }
         let finite = grad_sum.is_finite();
         self.scaler.update(!finite);
@@ -639,6 +806,23 @@ impl Trainer {
         self.sgd.step(lr);
         Ok(StepResult::Done { loss: value, top1 })
     }
+
+    /// Whether `here` holds on any rank (just `here` alone).
+    fn any_rank(&self, here: bool) -> Result<bool> {
+        match &self.ddp {
+            None => Ok(here),
+            Some(d) => Ok(d.sum(&[if here { 1.0 } else { 0.0 }])?[0] > 0.0),
+        }
+    }
+}
+
+impl Trainer {
+    fn average_gradients(&self) -> Result<()> {
+        match &self.ddp {
+            Some(d) => d.average_gradients(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What validation measured, and over which images.
@@ -646,18 +830,36 @@ impl Trainer {
 pub struct Validation {
     pub top1: f64,
     pub top5: f64,
-    /// Images the accuracies are over.
+    /// Images the accuracies are over (all ranks' together).
     pub images: usize,
-    /// Files that could not be read, with why: counted, named, left out of the accuracies.
+    /// Files that could not be read, with why: counted, named, left out of the accuracies
+    /// (this rank's; the count of all ranks is in `images`).
     pub skipped: Vec<(PathBuf, String)>,
 }
 
 /// Top-1 and top-5 accuracy over a loader, in eval mode.
 pub fn evaluate(model: &dyn CamModel, loader: &Loader, device: Device) -> Result<Validation> {
+    evaluate_sharded(model, loader, device, None)
+}
+
+/// [`evaluate`] with the images split over the ranks (each exactly once, no padding) and the
+/// counts summed, so that every rank gets the whole set's accuracy.
+pub fn evaluate_sharded(
+    model: &dyn CamModel,
+    loader: &Loader,
+    device: Device,
+    ddp: Option<&Ddp>,
+) -> Result<Validation> {
+    let batches = match ddp {
+        None => loader.batches(0),
+        Some(d) => {
+            sampler::batches(&sampler::shard(&loader.order(0), d.rank(), d.world(), false), loader.batch_size, false)
+        }
+    };
     let mut n = 0i64;
     let (mut t1, mut t5) = (Tensor::zeros([], (Kind::Int64, device)), Tensor::zeros([], (Kind::Int64, device)));
     let mut skipped = Vec::new();
-    for batch in loader.epoch(0, 0) {
+    for batch in loader.epoch_of(0, batches, 0) {
         let batch = batch?;
         skipped.extend(batch.skipped.iter().cloned());
         if batch.images.size()[0] == 0 {
@@ -667,6 +869,11 @@ pub fn evaluate(model: &dyn CamModel, loader: &Loader, device: Device) -> Result
         let (a, b) = hits(&logits, &batch.labels.to_device(device));
         (n, t1, t5) = (n + batch.images.size()[0], t1 + a, t5 + b);
     }
+    let (mut t1, mut t5) = (t1.int64_value(&[]), t5.int64_value(&[]));
+    if let Some(d) = ddp {
+        let s = d.sum(&[n as f64, t1 as f64, t5 as f64])?;
+        (n, t1, t5) = (s[0] as i64, s[1] as i64, s[2] as i64);
+    }
     if n == 0 {
         bail!(
             "no validation image could be read from {} ({} unreadable, the first: {})",
@@ -675,7 +882,6 @@ pub fn evaluate(model: &dyn CamModel, loader: &Loader, device: Device) -> Result
             skipped.first().map(|(p, why)| format!("{}: {why}", p.display())).unwrap_or_default()
         );
     }
-    let (t1, t5) = (t1.int64_value(&[]), t5.int64_value(&[]));
     Ok(Validation { top1: t1 as f64 / n as f64, top5: t5 as f64 / n as f64, images: n as usize, skipped })
 }
 

@@ -26,6 +26,13 @@ impl Sgd {
         }
     }
 
+    /// A loss of 0 over every parameter: its backward gives each one a defined zero gradient
+    /// (a data-parallel rank without images still joins the average and the update).
+    pub fn zero_loss(&self) -> Tensor {
+        let parts: Vec<Tensor> = self.params.iter().map(|(_, p)| p.sum(p.kind()) * 0.0).collect();
+        Tensor::stack(&parts, 0).sum(tch::Kind::Float)
+    }
+
     /// The gradients, e.g. to check them or to unscale them.
     pub fn grads(&self) -> Vec<Tensor> {
         self.params.iter().map(|(_, p)| p.grad()).filter(|g| g.defined()).collect()

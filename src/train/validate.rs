@@ -85,6 +85,13 @@ pub fn ranges(cfg: &Config) -> Result<()> {
             count("pretrain.lr_step", st as i64, 1, i64::MAX)?;
         }
     }
+
+    let dd = &cfg.dist;
+    positive("dist.timeout_s", dd.timeout_s)?;
+    positive("dist.bucket_mb", dd.bucket_mb)?;
+    if dd.bucket_mb > 1024.0 * 1024.0 {
+        bail!("key 'dist.bucket_mb': {} MB is more than a bucket can hold (at most 1048576)", dd.bucket_mb);
+    }
     Ok(())
 }
 
