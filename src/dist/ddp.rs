@@ -132,6 +132,52 @@ impl Ddp {
         }
         Ok(())
     }
+
+    /// The bit-for-bit version of [`Ddp::check_agreement`], once at the end of a run: rank 0's
+    /// parameters (one broadcast of the model, as at the start) against every rank's own.
+    pub fn check_identical(&self) -> Result<()> {
+        let mut bad = 0.0;
+        let mut first = None;
+        tch::no_grad(|| -> Result<()> {
+            for bucket in &self.buckets {
+                let mine = flatten(bucket.iter().map(|(_, t)| t.shallow_clone()));
+                let theirs = mine.copy();
+                self.group.broadcast(&[&theirs], 0)?;
+                // Compared as integers: bit-identical, NaN included.
+                if !bits(&mine).equal(&bits(&theirs)) {
+                    bad = 1.0;
+                    if first.is_none() {
+                        first = Some(bucket[0].0.clone());
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        let mut flags = vec![0.0; self.world()];
+        flags[self.rank()] = bad;
+        let flags = self.sum(&flags)?;
+        let differ: Vec<String> =
+            flags.iter().enumerate().filter(|(_, f)| **f > 0.0).map(|(r, _)| r.to_string()).collect();
+        if !differ.is_empty() {
+            let which = first.map(|n| format!(" (here: the bucket from '{n}')")).unwrap_or_default();
+            bail!(
+                "rank {}: the final weights of rank(s) {} are not bit-identical to rank 0's{which}",
+                self.rank(),
+                differ.join(", ")
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The same bytes as integers of the same width (a bucket holds one kind).
+fn bits(t: &Tensor) -> Tensor {
+    match t.kind().elt_size_in_bytes() {
+        8 => t.view_dtype(Kind::Int64),
+        4 => t.view_dtype(Kind::Int),
+        2 => t.view_dtype(Kind::Int16),
+        _ => t.shallow_clone(),
+    }
 }
 
 fn flatten(ts: impl Iterator<Item = Tensor>) -> Tensor {

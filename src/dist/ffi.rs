@@ -18,6 +18,7 @@ unsafe extern "C" {
         world: c_int,
         timeout_ms: i64,
         cuda: c_int,
+        agent_store: c_int,
         out: *mut *mut GcPg,
     ) -> *mut c_char;
     pub fn gc_pg_free(pg: *mut GcPg);

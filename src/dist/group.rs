@@ -20,6 +20,9 @@ pub struct Rendezvous {
     pub port: u16,
     pub rank: usize,
     pub world: usize,
+    /// The launcher hosts the store (torchrun's TORCHELASTIC_USE_AGENT_STORE): rank 0 connects
+    /// to it like the others instead of hosting one.
+    pub agent_store: bool,
 }
 
 /// Whether this build can run NCCL (libtorch with CUDA and ProcessGroupNCCL's headers at build time).
@@ -45,6 +48,7 @@ pub struct Group {
     pub rank: usize,
     pub world: usize,
     pub timeout: Duration,
+    agent_store: bool,
     beat: Duration,
     stop: Arc<AtomicBool>,
     heart: Option<JoinHandle<()>>,
@@ -74,6 +78,7 @@ impl Group {
                 rv.world as i32,
                 timeout.as_millis() as i64,
                 cuda as i32,
+                rv.agent_store as i32,
                 &mut raw,
             )
         };
@@ -101,7 +106,7 @@ impl Group {
                 }
             })
         };
-        Ok(Group { raw, rank: rv.rank, world: rv.world, timeout, beat, stop, heart: Some(heart) })
+        Ok(Group { raw, rank: rv.rank, world: rv.world, timeout, agent_store: rv.agent_store, beat, stop, heart: Some(heart) })
     }
 
     /// In-place sum of each tensor over the ranks.
@@ -126,7 +131,9 @@ impl Group {
     /// The error of a failed collective, naming the ranks whose heartbeat stopped.
     fn lost(&self, what: &str, err: String) -> anyhow::Error {
         let who = match self.silent_ranks() {
-            Err(_) if self.rank != 0 => "rank 0 (it hosts the rendezvous store) is lost".to_string(),
+            Err(_) if self.rank != 0 && !self.agent_store => {
+                "rank 0 (it hosts the rendezvous store) is lost".to_string()
+            }
             Err(e) => format!("the rendezvous store failed: {e}"),
             Ok(r) if r.is_empty() => {
                 format!("every rank's heartbeat is alive: a rank hung or is slower than the timeout {:?}", self.timeout)

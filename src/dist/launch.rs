@@ -64,7 +64,8 @@ pub fn detect(var: impl Fn(&str) -> Option<String>) -> Result<Option<Launch>> {
         .ok()
         .filter(|&p| p > 0)
         .with_context(|| format!("environment variable MASTER_PORT='{port_s}' is not a port (1-65535)"))?;
-    Ok(Some(Launch { rv: Rendezvous { addr, port, rank, world }, local_rank: local, source }))
+    let agent_store = var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v == "True");
+    Ok(Some(Launch { rv: Rendezvous { addr, port, rank, world, agent_store }, local_rank: local, source }))
 }
 
 /// [`detect`] over this process's environment.

@@ -83,15 +83,18 @@ int gc_has_nccl() {
 #endif
 }
 
-// Rank 0 hosts the TCPStore on `port` and waits for `world` ranks; the others connect to
-// host:port, retrying until `timeout_ms`. `cuda` selects NCCL (else Gloo on CPU).
-char* gc_pg_new(const char* host, int port, int rank, int world, int64_t timeout_ms, int cuda, gc_pg** out) {
+// Rank 0 hosts the TCPStore on `port` and waits for `world` ranks (unless `agent_store`: then
+// a launcher such as torchrun hosts it and every rank is a client, as torch.distributed does
+// under TORCHELASTIC_USE_AGENT_STORE); the others connect to host:port, retrying until
+// `timeout_ms`. `cuda` selects NCCL (else Gloo on CPU).
+char* gc_pg_new(const char* host, int port, int rank, int world, int64_t timeout_ms, int cuda, int agent_store,
+                gc_pg** out) {
   *out = nullptr;
   return guarded([&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions so;
     so.port = static_cast<std::uint16_t>(port);
-    so.isServer = rank == 0;
+    so.isServer = rank == 0 && agent_store == 0;
     so.numWorkers = static_cast<std::size_t>(world);
     so.waitWorkers = true;
     so.timeout = timeout;

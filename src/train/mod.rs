@@ -299,7 +299,7 @@ impl EpochStats {
             val_top1: val.top1,
             val_top5: val.top5,
             val_images: val.images,
-            val_skipped: val.skipped.len(),
+            val_skipped: val.unreadable,
             augmented_fraction: self.augmented as f64 / seen,
             images_skipped: self.skipped,
             img_per_s: self.seen as f64 / self.seconds,
@@ -665,6 +665,7 @@ impl Run<'_> {
         let summary = |meta: Meta| RunSummary { out: out.clone(), history: meta.history, best_top1: meta.best_top1 };
         if let Some(d) = self.trainer.ddp.take() {
             // Rank 0 writes while the others wait, so that every rank's success means a whole run.
+            d.check_identical()?;
             let main = d.rank() == 0;
             if main {
                 write_outputs(&self.model, &self.meta, &out)?;
@@ -832,8 +833,9 @@ pub struct Validation {
     pub top5: f64,
     /// Images the accuracies are over (all ranks' together).
     pub images: usize,
-    /// Files that could not be read, with why: counted, named, left out of the accuracies
-    /// (this rank's; the count of all ranks is in `images`).
+    /// Files that could not be read, all ranks' together: counted, left out of the accuracies.
+    pub unreadable: usize,
+    /// This rank's unreadable files, with why (named in the log).
     pub skipped: Vec<(PathBuf, String)>,
 }
 
@@ -870,19 +872,20 @@ pub fn evaluate_sharded(
         (n, t1, t5) = (n + batch.images.size()[0], t1 + a, t5 + b);
     }
     let (mut t1, mut t5) = (t1.int64_value(&[]), t5.int64_value(&[]));
+    let mut unreadable = skipped.len();
     if let Some(d) = ddp {
-        let s = d.sum(&[n as f64, t1 as f64, t5 as f64])?;
-        (n, t1, t5) = (s[0] as i64, s[1] as i64, s[2] as i64);
+        let s = d.sum(&[n as f64, t1 as f64, t5 as f64, unreadable as f64])?;
+        (n, t1, t5, unreadable) = (s[0] as i64, s[1] as i64, s[2] as i64, s[3] as usize);
     }
     if n == 0 {
         bail!(
             "no validation image could be read from {} ({} unreadable, the first: {})",
             loader.data.root.display(),
-            skipped.len(),
+            unreadable,
             skipped.first().map(|(p, why)| format!("{}: {why}", p.display())).unwrap_or_default()
         );
     }
-    Ok(Validation { top1: t1 as f64 / n as f64, top5: t5 as f64 / n as f64, images: n as usize, skipped })
+    Ok(Validation { top1: t1 as f64 / n as f64, top5: t5 as f64 / n as f64, images: n as usize, unreadable, skipped })
 }
 
 /// Saliency convergence: a fixed probe of validation images, its maps after every epoch, and
