@@ -24,6 +24,29 @@ pub enum BenchCommand {
     Methods(MethodsArgs),
     /// Batched insertion/deletion curves against one forward per step.
     Insdel(InsdelArgs),
+    /// The data-parallel gradient all-reduce (CPU ranks over Gloo) against the training step.
+    Dist(DistArgs),
+}
+
+#[derive(Args)]
+pub struct DistArgs {
+    /// Architecture whose gradients are averaged (resnet50: 25.6 M floats).
+    #[arg(long, default_value = "resnet50", value_parser = choice::parser::<Arch>())]
+    arch: Arch,
+    /// Rank 0's step batch (one rank's share of the global batch).
+    #[arg(long, default_value_t = 8)]
+    batch: i64,
+    #[arg(long, default_value_t = 224)]
+    size: i64,
+    /// Timed repetitions after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Ranks (threads of this process, over Gloo on 127.0.0.1).
+    #[arg(long, default_value_t = 2)]
+    world: usize,
+    /// Gradient bucket size in MB (DDP's default).
+    #[arg(long, default_value_t = 25.0)]
+    bucket_mb: f64,
 }
 
 #[derive(Args)]
@@ -198,6 +221,19 @@ pub fn run(cmd: BenchCommand, device: Device) -> Result<()> {
             },
             device,
         )?,
+        BenchCommand::Dist(a) => {
+            if device != Device::Cpu {
+                anyhow::bail!("bench dist measures CPU ranks over Gloo: run it with --device cpu");
+            }
+            bench::dist::run(&bench::dist::DistBench {
+                arch: a.arch,
+                batch: a.batch,
+                size: a.size,
+                reps: a.reps,
+                world: a.world,
+                bucket_mb: a.bucket_mb,
+            })?
+        }
     };
     print!("{report}");
     Ok(())
