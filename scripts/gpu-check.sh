@@ -103,6 +103,12 @@ step resume "$bin" finetune --quiet --config "$out/r50-f32.yaml" --set train.epo
 # the scale until the steps are clean and finish with a finite loss.
 r50 r50-overflow augment.enabled=false train.initial_loss_scale=1099511627776 saliency.probe=0 &&
     { grep -q "fp16 overflow" "$out/r50-overflow.out" || fail "overflow: no overflow was reported at scale 2^40"; }
+# Issue 11: data-parallel over NCCL at world size 1 (--nproc spawns the rank with torchrun's
+# variables; the NCCL group, the broadcasts, the bucketed all-reduce and the final bitwise check run).
+grep -q "nccl (cuda)" "$out/doctor.out" || fail "doctor: this build has no NCCL (nvidia-cuda-cccl missing at build time?)"
+step dist-nccl "$bin" finetune --quiet --nproc 1 --config "$out/r50-plain.yaml" --set train.max_steps=5 \
+    --set saliency.probe=0 --out "$out/r50-nccl" &&
+    { grep -q "data-parallel: 1 ranks" "$out/dist-nccl.out" || fail "dist-nccl: not a data-parallel run"; }
 
 if [ -z "${QUICK:-}" ]; then
     # 3. Benchmarks: the trainer's step with AMP, the loader's workers, explain.
