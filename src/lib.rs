@@ -69,6 +69,10 @@ pub fn doctor() -> String {
         tch::Cuda::device_count(),
         tch::get_num_threads()
     );
+    s += &format!(
+        "data-parallel: gloo (cpu){}\n",
+        if dist::has_nccl() { ", nccl (cuda)" } else { "; no nccl (built without nccl.h / nvidia-cuda-cccl)" }
+    );
     for i in 0..tch::Cuda::device_count() as usize {
         s += &format!("cuda:{i} kernel check: {}\n", kernel_check(tch::Device::Cuda(i)));
         if let Some((free, total)) = cuda::memory(i) {
