@@ -86,6 +86,9 @@ pub fn spawn_local(n: usize, args: &[OsString], grace: Duration) -> Result<()> {
         .and_then(|l| l.local_addr())
         .context("cannot find a free local port for the rendezvous")?
         .port();
+    // Ctrl-C reaches the ranks too (one process group): they stop together after their step
+    // and exit 130; this process waits for them instead of dying first.
+    let _interrupt = crate::interrupt::Interrupt::install();
     let mut children: Vec<Option<Child>> = Vec::with_capacity(n);
     for rank in 0..n {
         let child = Command::new(&exe)
