@@ -301,6 +301,7 @@ fn the_scaled_step_checks_loss_and_gradients_at_once_and_skips_overflows() {
         sgd: Sgd::new(&m.vs, 0.9, 1e-4),
         scaler: LossScaler::resume(scale, 0),
         amp,
+        ddp: None,
     };
 
     let (plain, scaled) = (fresh(), fresh());
