@@ -169,10 +169,8 @@ fn ddp_broadcasts_averages_and_catches_a_diverged_rank() {
                 let _ = w.narrow(0, 1, 1).g_add_scalar_(1e-6);
             });
         }
-        let diverged = (
-            ddp.check_agreement(2).err().map(|e| e.to_string()),
-            ddp.check_identical().err().map(|e| e.to_string()),
-        );
+        let diverged =
+            (ddp.check_agreement(2).err().map(|e| e.to_string()), ddp.check_identical().err().map(|e| e.to_string()));
         (after_broadcast, grads, agreed, diverged)
     });
     for (rank, (after_broadcast, grads, agreed, (a, i))) in out.into_iter().enumerate() {
@@ -238,7 +236,8 @@ fn tensors(path: &Path) -> Vec<(String, Tensor)> {
 }
 
 fn history(run: &Path) -> Vec<serde_json::Value> {
-    let h: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("history.json")).unwrap()).unwrap();
+    let h: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("history.json")).unwrap()).unwrap();
     h.as_array().unwrap().clone()
 }
 
@@ -255,7 +254,8 @@ fn two_ranks_equal_one_process_with_the_same_global_batch() {
     assert!(out.contains("data-parallel: 2 ranks (torchrun launch), 2 per rank"), "{out}");
     assert_eq!(out.matches("final weights:").count(), 1, "only rank 0 writes: {out}");
 
-    let (a, b) = (tensors(&dir.path().join("one/final.safetensors")), tensors(&dir.path().join("two/final.safetensors")));
+    let (a, b) =
+        (tensors(&dir.path().join("one/final.safetensors")), tensors(&dir.path().join("two/final.safetensors")));
     assert_eq!(a.len(), b.len());
     let mut worst = 0.0f64;
     for ((ka, ta), (kb, tb)) in a.iter().zip(&b) {

@@ -106,7 +106,16 @@ impl Group {
                 }
             })
         };
-        Ok(Group { raw, rank: rv.rank, world: rv.world, timeout, agent_store: rv.agent_store, beat, stop, heart: Some(heart) })
+        Ok(Group {
+            raw,
+            rank: rv.rank,
+            world: rv.world,
+            timeout,
+            agent_store: rv.agent_store,
+            beat,
+            stop,
+            heart: Some(heart),
+        })
     }
 
     /// In-place sum of each tensor over the ranks.
