@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod explain;
 pub mod insdel;
+pub mod loader;
 pub mod methods;
 pub mod train;
 

@@ -1,5 +1,6 @@
-//! The loader's image decoding: JPEGs straight through zune-jpeg into RGB, refusing truncated
-//! files; anything else (PNG, CMYK JPEG...) through `imageio::load_rgb`.
+//! The loader's image decoding: JPEGs straight through zune-jpeg into RGB (no `DynamicImage`
+//! and no `to_rgb8` copy), refusing truncated files with `imageio::check_complete` as the rest
+//! of the project does; anything else (PNG, CMYK JPEG...) through `imageio::decode_rgb`.
 
 use std::path::Path;
 
@@ -15,16 +16,20 @@ use crate::imageio;
 /// Decodes a file to 8-bit RGB, as `imageio::load_rgb` does, and errors on a truncated JPEG.
 pub fn read_rgb(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;
+    decode_rgb(&bytes, path)
+}
+
+/// [`read_rgb`] of bytes already read from `path` (named in errors).
+pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     if !bytes.starts_with(&[0xFF, 0xD8]) {
-        return imageio::load_rgb(path);
+        return imageio::decode_rgb(bytes, path);
     }
-    if !jpeg_is_complete(&bytes) {
-        bail!("cannot decode image {} (truncated JPEG: no end-of-image marker after its last scan)", path.display());
-    }
-    match decode_jpeg(&bytes) {
+    // zune-jpeg pads a truncated scan with grey instead of failing; PIL refuses such files.
+    imageio::check_complete(bytes, path)?;
+    match decode_jpeg(bytes) {
         Ok(Some(img)) => Ok(img),
         // A colour space zune's RGB output would not convert as the image crate does (CMYK, YCCK).
-        Ok(None) => imageio::load_rgb(path),
+        Ok(None) => imageio::decode_rgb(bytes, path),
         Err(e) => Err(e).with_context(|| format!("cannot decode image {} (corrupt or unsupported)", path.display())),
     }
 }
@@ -50,16 +55,4 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Option<RgbImage>> {
     dec.decode_into(&mut px).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     px.truncate(w * h * 3);
     Ok(RgbImage::from_raw(w as u32, h as u32, px))
-}
-
-/// Whether an end-of-image marker follows the last start-of-scan: zune-jpeg pads a truncated
-/// scan with grey instead of failing, and PIL refuses such files. Inside entropy-coded data a
-/// 0xFF byte is always followed by 0x00 or a restart marker, so neither marker can occur there;
-/// an EXIF thumbnail's own markers come before the main image's scans.
-pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let last = |m: u8| bytes.windows(2).rposition(|w| w[0] == 0xFF && w[1] == m);
-    match (last(0xDA), last(0xD9)) {
-        (Some(sos), Some(eoi)) => eoi > sos,
-        _ => false,
-    }
 }

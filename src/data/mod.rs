@@ -132,6 +132,11 @@ impl Loader {
     /// goes wrong in a worker (a panic included) is an `Err` item, after which the iterator
     /// ends: an epoch never ends early without saying so.
     pub fn epoch(&self, epoch: usize, start: usize) -> impl Iterator<Item = Result<Batch>> + use<> {
+        self.epoch_with(epoch, start, Loader::make_batch)
+    }
+
+    /// [`Loader::epoch`] with another batch maker (the benchmark's reference path).
+    pub fn epoch_with(&self, epoch: usize, start: usize, make: MakeBatch) -> impl Iterator<Item = Result<Batch>> + use<> {
         let plan: Vec<(usize, Vec<usize>)> = self.batches(epoch).into_iter().enumerate().skip(start).collect();
         let end = start + plan.len();
         let (job_tx, job_rx) = unbounded::<(usize, Vec<usize>)>();
@@ -145,7 +150,7 @@ impl Loader {
             thread::spawn(move || {
                 let mut scratch = transforms::Scratch::default();
                 while let Ok((b, idx)) = jobs.recv() {
-                    let made = catch_unwind(AssertUnwindSafe(|| me.make_batch(epoch, &idx, &mut scratch)))
+                    let made = catch_unwind(AssertUnwindSafe(|| make(&me, epoch, &idx, &mut scratch)))
                         .unwrap_or_else(|p| {
                             Err(anyhow!("a loader worker panicked on batch {b}: {}", panic_message(p.as_ref())))
                         });
@@ -211,7 +216,40 @@ impl Loader {
         };
         Ok(Batch { images, labels: Tensor::from_slice(&labels), skipped })
     }
+
+    /// The former batch maker, on `transforms::load_reference` (the image crate's decoder and
+    /// resize, one tensor per image, stacked and normalised): what `make_batch` is measured and
+    /// tested against. The same samples give the same boxes and flips.
+    pub fn make_batch_reference(
+        &self,
+        epoch: usize,
+        idx: &[usize],
+        _scratch: &mut transforms::Scratch,
+    ) -> Result<Batch> {
+        let mut images = Vec::new();
+        let mut labels = Vec::new();
+        let mut skipped = Vec::new();
+        for &i in idx {
+            let (path, label) = &self.data.samples[i];
+            match transforms::load_reference(path, self.transform, &mut self.sample_rng(epoch, i)) {
+                Ok(t) => {
+                    images.push(t);
+                    labels.push(*label);
+                }
+                Err(e) => skipped.push((path.clone(), format!("{e:#}"))),
+            }
+        }
+        let images = if images.is_empty() {
+            Tensor::zeros([0, 3, 1, 1], (Kind::Float, tch::Device::Cpu))
+        } else {
+            self.norm.apply(&Tensor::stack(&images, 0))
+        };
+        Ok(Batch { images, labels: Tensor::from_slice(&labels), skipped })
+    }
 }
+
+/// A batch maker: the samples `idx` of an epoch into one batch, with a worker's scratch.
+pub type MakeBatch = fn(&Loader, usize, &[usize], &mut transforms::Scratch) -> Result<Batch>;
 
 /// A panic's message, when it has one.
 pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {

@@ -64,6 +64,13 @@ pub struct Scratch {
     out: Vec<u8>,
 }
 
+impl Scratch {
+    /// The last [`crop_resize`] output: S x S x 3 bytes, row-major, not flipped.
+    pub fn out(&self) -> &[u8] {
+        &self.out
+    }
+}
+
 /// Decodes and transforms one file into `dst`, 3 x S x S normalised floats (S = the transform's
 /// output side); `dst` is left as it was on an error.
 pub fn load_into(
