@@ -98,7 +98,8 @@ fn random_view(photo: &RgbImage, w: u32, h: u32, rng: &mut StdRng) -> RgbImage {
     let aspect = w as f64 / h as f64;
     let (bw, bh) = if pw / ph > aspect { (ph * aspect, ph) } else { (pw, pw / aspect) };
     let s = rng.random_range(0.7..=1.0);
-    let (cw, ch) = (((bw * s).round() as u32).clamp(1, photo.width()), ((bh * s).round() as u32).clamp(1, photo.height()));
+    let (cw, ch) =
+        (((bw * s).round() as u32).clamp(1, photo.width()), ((bh * s).round() as u32).clamp(1, photo.height()));
     let x = rng.random_range(0..=photo.width() - cw);
     let y = rng.random_range(0..=photo.height() - ch);
     image::imageops::crop_imm(photo, x, y, cw, ch).to_image()
@@ -154,7 +155,18 @@ fn torchvision_epoch(tv: &Torchvision, data: &Path, b: &LoaderBench, workers: us
     }
 }
 
+/// Runs the benchmark with libtorch on one thread: a worker is one thread on both sides
+/// (DataLoader's workers set that themselves), and the old path's small per-image tensor ops
+/// otherwise wake libtorch's whole pool for each image.
 pub fn run(b: &LoaderBench) -> Result<Report> {
+    let threads = tch::get_num_threads();
+    tch::set_num_threads(1);
+    let report = run_one_thread(b);
+    tch::set_num_threads(threads);
+    report
+}
+
+fn run_one_thread(b: &LoaderBench) -> Result<Report> {
     let tmp = TempDir::new("loader");
     let (root, made) = match &b.data {
         Some(d) => (d.clone(), false),
@@ -228,12 +240,7 @@ pub fn run(b: &LoaderBench) -> Result<Report> {
         notes.push("torchvision side not run (no Python given or found)".into());
     }
 
-    // One thread means one in libtorch too (the old path normalises with tensor ops).
-    let threads = tch::get_num_threads();
-    tch::set_num_threads(1);
-    let stages = breakdown(&data, b);
-    tch::set_num_threads(threads);
-    let (stages, diff) = stages?;
+    let (stages, diff) = breakdown(&data, b)?;
     notes.push(format!(
         "pixels, new path against old on the same boxes and flips: mean |diff| {:.3}, max {} (of 255), {} crops",
         diff.mean, diff.max, diff.crops
@@ -426,7 +433,8 @@ fn dump(data: &ImageFolder, b: &LoaderBench, dir: &Path) -> Result<()> {
         crate::atomic::save_png(&old, &dir.join(format!("old_{i}.png")))?;
         // The source too: a generated folder is removed when the bench ends.
         let src = format!("src_{i}.{}", path.extension().map_or("img".into(), |e| e.to_string_lossy()));
-        std::fs::copy(path, dir.join(&src)).with_context(|| format!("cannot copy {} to {}", path.display(), dir.display()))?;
+        std::fs::copy(path, dir.join(&src))
+            .with_context(|| format!("cannot copy {} to {}", path.display(), dir.display()))?;
         boxes.push(serde_json::json!({
             "index": i, "file": src, "x": p.x, "y": p.y, "w": p.w, "h": p.h, "size": p.size, "flip": p.flip,
         }));

@@ -217,7 +217,10 @@ pub fn run(cmd: BenchCommand, device: Device) -> Result<()> {
             let torchvision = match python {
                 Some(python) if !a.no_torchvision => {
                     if !a.script.exists() {
-                        anyhow::bail!("torchvision script {} not found (run from the repository root, or --script)", a.script.display());
+                        anyhow::bail!(
+                            "torchvision script {} not found (run from the repository root, or --script)",
+                            a.script.display()
+                        );
                     }
                     Some(bench::loader::Torchvision { python, script: a.script })
                 }

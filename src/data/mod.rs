@@ -136,7 +136,12 @@ impl Loader {
     }
 
     /// [`Loader::epoch`] with another batch maker (the benchmark's reference path).
-    pub fn epoch_with(&self, epoch: usize, start: usize, make: MakeBatch) -> impl Iterator<Item = Result<Batch>> + use<> {
+    pub fn epoch_with(
+        &self,
+        epoch: usize,
+        start: usize,
+        make: MakeBatch,
+    ) -> impl Iterator<Item = Result<Batch>> + use<> {
         let plan: Vec<(usize, Vec<usize>)> = self.batches(epoch).into_iter().enumerate().skip(start).collect();
         let end = start + plan.len();
         let (job_tx, job_rx) = unbounded::<(usize, Vec<usize>)>();
@@ -150,8 +155,8 @@ impl Loader {
             thread::spawn(move || {
                 let mut scratch = transforms::Scratch::default();
                 while let Ok((b, idx)) = jobs.recv() {
-                    let made = catch_unwind(AssertUnwindSafe(|| make(&me, epoch, &idx, &mut scratch)))
-                        .unwrap_or_else(|p| {
+                    let made =
+                        catch_unwind(AssertUnwindSafe(|| make(&me, epoch, &idx, &mut scratch))).unwrap_or_else(|p| {
                             Err(anyhow!("a loader worker panicked on batch {b}: {}", panic_message(p.as_ref())))
                         });
                     if out.send((b, made)).is_err() {

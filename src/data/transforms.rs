@@ -29,6 +29,10 @@ pub struct CropParams {
     pub h: f64,
     pub size: u32,
     pub flip: bool,
+    /// The box is cut out before resizing (RandomResizedCrop: PIL's crop then resize), so the
+    /// filter sees no pixel outside it; otherwise it is a box of the resized whole image
+    /// (Resize + CenterCrop), whose edge pixels mix in their neighbours outside the box.
+    pub crop_first: bool,
 }
 
 /// The box and flip of `t` on a `width` x `height` image. The training draws are those of
@@ -38,12 +42,12 @@ pub fn params(width: u32, height: u32, t: Transform, rng: &mut impl Rng) -> Resu
         Transform::Train { size, scale, ratio, flip } => {
             let (x, y, w, h) = random_resized_box(width, height, scale, ratio, rng);
             let flip = rng.random::<f64>() < flip;
-            Ok(CropParams { x: x as f64, y: y as f64, w: w as f64, h: h as f64, size, flip })
+            Ok(CropParams { x: x as f64, y: y as f64, w: w as f64, h: h as f64, size, flip, crop_first: true })
         }
         Transform::Eval { size, resize } => {
             let (w, h) = (width as f64, height as f64);
             if width == size && height == size {
-                return Ok(CropParams { x: 0.0, y: 0.0, w, h, size, flip: false });
+                return Ok(CropParams { x: 0.0, y: 0.0, w, h, size, flip: false, crop_first: false });
             }
             let (nw, nh) = imageio::eval_resized_size(width, height, resize);
             if nw < size || nh < size {
@@ -52,7 +56,15 @@ pub fn params(width: u32, height: u32, t: Transform, rng: &mut impl Rng) -> Resu
             let left = ((nw - size) as f64 / 2.0).round();
             let top = ((nh - size) as f64 / 2.0).round();
             let (sx, sy) = (w / nw as f64, h / nh as f64);
-            Ok(CropParams { x: left * sx, y: top * sy, w: size as f64 * sx, h: size as f64 * sy, size, flip: false })
+            Ok(CropParams {
+                x: left * sx,
+                y: top * sy,
+                w: size as f64 * sx,
+                h: size as f64 * sy,
+                size,
+                flip: false,
+                crop_first: false,
+            })
         }
     }
 }
@@ -99,10 +111,16 @@ pub fn crop_resize(img: &RgbImage, p: &CropParams, scratch: &mut Scratch) -> Res
     }
     let src = fir::images::ImageRef::new(img.width(), img.height(), img.as_raw(), fir::PixelType::U8x3)?;
     let mut dst = fir::images::Image::from_slice_u8(s, s, &mut scratch.out, fir::PixelType::U8x3)?;
-    let opts = fir::ResizeOptions::new()
-        .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear))
-        .crop(p.x, p.y, p.w, p.h);
-    scratch.resizer.resize(&src, &mut dst, &opts)?;
+    let opts = fir::ResizeOptions::new().resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear));
+    if p.crop_first {
+        // A view of the box (no copy): fir's `crop` option would let the filter read the pixels
+        // around the box, which PIL's crop-then-resize (and the former path) never sees.
+        let (x, y, w, h) = (p.x as u32, p.y as u32, p.w as u32, p.h as u32);
+        let view = fir::images::CroppedImage::new(&src, x, y, w, h)?;
+        scratch.resizer.resize(&view, &mut dst, &opts)?;
+    } else {
+        scratch.resizer.resize(&src, &mut dst, &opts.crop(p.x, p.y, p.w, p.h))?;
+    }
     Ok(())
 }
 
