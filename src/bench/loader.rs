@@ -237,7 +237,7 @@ fn run_one_thread(b: &LoaderBench) -> Result<Report> {
         }
     }
     if b.torchvision.is_none() {
-        notes.push("torchvision side not run (no Python given or found)".into());
+        notes.push("torchvision side not run (--no-torchvision, or no --python and no .venv/bin/python)".into());
     }
 
     let (stages, diff) = breakdown(&data, b)?;
