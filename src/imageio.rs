@@ -134,11 +134,7 @@ pub fn eval_crop(img: &RgbImage, size: u32, short: u32) -> Result<RgbImage> {
     if w == size && h == size {
         return Ok(img.clone());
     }
-    let (nw, nh) = if w <= h {
-        (short, (short as u64 * h as u64 / w as u64) as u32)
-    } else {
-        ((short as u64 * w as u64 / h as u64) as u32, short)
-    };
+    let (nw, nh) = eval_resized_size(w, h, short);
     if nw < size || nh < size {
         bail!("cannot crop {size}x{size} from an image resized to {nw}x{nh}");
     }
@@ -146,6 +142,16 @@ pub fn eval_crop(img: &RgbImage, size: u32, short: u32) -> Result<RgbImage> {
     let left = ((nw - size) as f64 / 2.0).round() as u32;
     let top = ((nh - size) as f64 / 2.0).round() as u32;
     Ok(image::imageops::crop_imm(&resized, left, top, size, size).to_image())
+}
+
+/// The size a `w` x `h` image is resized to so that its shorter side is `short` (torchvision's
+/// Resize(int), the longer side truncated).
+pub fn eval_resized_size(w: u32, h: u32, short: u32) -> (u32, u32) {
+    if w <= h {
+        (short, (short as u64 * h as u64 / w as u64) as u32)
+    } else {
+        ((short as u64 * w as u64 / h as u64) as u32, short)
+    }
 }
 
 /// 3 x H x W float in [0, 1].

@@ -5,6 +5,7 @@ pub mod augment;
 pub mod dist;
 pub mod explain;
 pub mod insdel;
+pub mod loader;
 pub mod methods;
 pub mod train;
 

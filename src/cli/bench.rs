@@ -20,6 +20,8 @@ pub enum BenchCommand {
     Augment(AugmentArgs),
     /// The loader's images/s per worker and the trainer's step against a bare step.
     Train(TrainArgs),
+    /// The training loader's new path against the former one and torchvision's, img/s per worker.
+    Loader(LoaderArgs),
     /// Time per image of each saliency method on the same model and threads.
     Methods(MethodsArgs),
     /// Batched insertion/deletion curves against one forward per step.
@@ -115,6 +117,42 @@ pub struct TrainArgs {
 }
 
 #[derive(Args)]
+pub struct LoaderArgs {
+    /// An ImageFolder (class sub-folders) to read (default: ImageNet-like JPEGs made from --photos).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Photos the generated JPEGs are cut from.
+    #[arg(long, value_delimiter = ',', default_value = "tests/data/coffee.png,tests/data/chelsea.png")]
+    photos: Vec<PathBuf>,
+    /// JPEGs to generate (without --data).
+    #[arg(long, default_value_t = 256)]
+    images: usize,
+    /// Worker counts to measure (threads here, DataLoader processes on the torchvision side).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    workers: Vec<usize>,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[arg(long, default_value_t = 224)]
+    size: u32,
+    /// Timed repetitions after one warm-up, interleaved across the paths.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Python with torch and torchvision for the torchvision side (default: .venv/bin/python if
+    /// it exists; without one that side is skipped).
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// The torchvision side's script.
+    #[arg(long, default_value = "scripts/loader_torchvision.py")]
+    script: PathBuf,
+    /// Skip the torchvision side.
+    #[arg(long)]
+    no_torchvision: bool,
+    /// Write the first crops of both paths and their boxes here (for the script's `compare`).
+    #[arg(long)]
+    dump: Option<PathBuf>,
+}
+
+#[derive(Args)]
 pub struct MethodsArgs {
     #[arg(long, default_value = "efficientnet-lite0", value_parser = choice::parser::<Arch>())]
     arch: Arch,
@@ -197,6 +235,32 @@ pub fn run(cmd: BenchCommand, device: Device) -> Result<()> {
             },
             device,
         )?,
+        BenchCommand::Loader(a) => {
+            let python = a.python.or_else(|| Some(PathBuf::from(".venv/bin/python")).filter(|p| p.exists()));
+            let torchvision = match python {
+                Some(python) if !a.no_torchvision => {
+                    if !a.script.exists() {
+                        anyhow::bail!(
+                            "torchvision script {} not found (run from the repository root, or --script)",
+                            a.script.display()
+                        );
+                    }
+                    Some(bench::loader::Torchvision { python, script: a.script })
+                }
+                _ => None,
+            };
+            bench::loader::run(&bench::loader::LoaderBench {
+                data: a.data,
+                photos: a.photos,
+                images: a.images,
+                workers: a.workers,
+                batch: a.batch,
+                size: a.size,
+                reps: a.reps,
+                torchvision,
+                dump: a.dump,
+            })?
+        }
         BenchCommand::Methods(a) => bench::methods::run(
             &bench::methods::MethodsBench {
                 arch: a.arch,

@@ -1,6 +1,7 @@
 //! ImageFolder datasets as torchvision reads them, its train and eval transforms, and a
 //! loader that decodes on worker threads into a bounded prefetch queue.
 
+pub mod decode;
 pub mod transforms;
 
 use std::collections::{BTreeSet, HashSet};
@@ -149,6 +150,26 @@ impl Loader {
         batches: Vec<Vec<usize>>,
         start: usize,
     ) -> impl Iterator<Item = Result<Batch>> + use<> {
+        self.epoch_plan(epoch, batches, start, Loader::make_batch)
+    }
+
+    /// [`Loader::epoch`] with another batch maker (the benchmark's reference path).
+    pub fn epoch_with(
+        &self,
+        epoch: usize,
+        start: usize,
+        make: MakeBatch,
+    ) -> impl Iterator<Item = Result<Batch>> + use<> {
+        self.epoch_plan(epoch, self.batches(epoch), start, make)
+    }
+
+    fn epoch_plan(
+        &self,
+        epoch: usize,
+        batches: Vec<Vec<usize>>,
+        start: usize,
+        make: MakeBatch,
+    ) -> impl Iterator<Item = Result<Batch>> + use<> {
         let plan: Vec<(usize, Vec<usize>)> = batches.into_iter().enumerate().skip(start).collect();
         let end = start + plan.len();
         let (job_tx, job_rx) = unbounded::<(usize, Vec<usize>)>();
@@ -160,10 +181,12 @@ impl Loader {
         for _ in 0..self.workers.max(1) {
             let (jobs, out, me) = (job_rx.clone(), out_tx.clone(), self.clone());
             thread::spawn(move || {
+                let mut scratch = transforms::Scratch::default();
                 while let Ok((b, idx)) = jobs.recv() {
-                    let made = catch_unwind(AssertUnwindSafe(|| me.make_batch(epoch, &idx))).unwrap_or_else(|p| {
-                        Err(anyhow!("a loader worker panicked on batch {b}: {}", panic_message(p.as_ref())))
-                    });
+                    let made =
+                        catch_unwind(AssertUnwindSafe(|| make(&me, epoch, &idx, &mut scratch))).unwrap_or_else(|p| {
+                            Err(anyhow!("a loader worker panicked on batch {b}: {}", panic_message(p.as_ref())))
+                        });
                     if out.send((b, made)).is_err() {
                         return;
                     }
@@ -174,25 +197,74 @@ impl Loader {
         Reorder { rx: out_rx, next: start, end, pending: Default::default(), failed: false }
     }
 
-    fn make_batch(&self, epoch: usize, idx: &[usize]) -> Result<Batch> {
+    /// The generator of sample `i`'s random transform in `epoch`: the same whichever worker
+    /// decodes it, so resume and a distributed sampler see the same crops.
+    pub fn sample_rng(&self, epoch: usize, i: usize) -> StdRng {
+        StdRng::seed_from_u64(mix(self.seed, epoch as u64, i as u64))
+    }
+
+    /// The output side of the loader's transform.
+    pub fn output_size(&self) -> u32 {
+        match self.transform {
+            Transform::Train { size, .. } | Transform::Eval { size, .. } => size,
+        }
+    }
+
+    /// Decodes the samples `idx` of `epoch` straight into one batch buffer; a file that cannot
+    /// be decoded is named in `skipped` and leaves no row.
+    pub fn make_batch(&self, epoch: usize, idx: &[usize], scratch: &mut transforms::Scratch) -> Result<Batch> {
+        let s = self.output_size() as usize;
+        let plane = 3 * s * s;
+        let mut buf = vec![0f32; idx.len() * plane];
+        let mut labels = Vec::new();
+        let mut skipped = Vec::new();
+        for &i in idx {
+            let (path, label) = &self.data.samples[i];
+            let n = labels.len();
+            let dst = &mut buf[n * plane..(n + 1) * plane];
+            let mut rng = self.sample_rng(epoch, i);
+            // A decoder error is the file's fault (skipped and counted); a panic is the
+            // transform's or its settings' (the run stops, naming the image it happened on).
+            let loaded = catch_unwind(AssertUnwindSafe(|| {
+                transforms::load_into(path, self.transform, &self.norm, &mut rng, scratch, dst)
+            }))
+            .map_err(|p| {
+                anyhow!(
+                    "the {:?} transform panicked on {}: {}",
+                    self.transform,
+                    path.display(),
+                    panic_message(p.as_ref())
+                )
+            })?;
+            match loaded {
+                Ok(()) => labels.push(*label),
+                Err(e) => skipped.push((path.clone(), format!("{e:#}"))),
+            }
+        }
+        let n = labels.len();
+        let images = if n == 0 {
+            Tensor::zeros([0, 3, 1, 1], (Kind::Float, tch::Device::Cpu))
+        } else {
+            Tensor::from_slice(&buf[..n * plane]).view([n as i64, 3, s as i64, s as i64])
+        };
+        Ok(Batch { images, labels: Tensor::from_slice(&labels), skipped })
+    }
+
+    /// The former batch maker, on `transforms::load_reference` (the image crate's decoder and
+    /// resize, one tensor per image, stacked and normalised): what `make_batch` is measured and
+    /// tested against. The same samples give the same boxes and flips.
+    pub fn make_batch_reference(
+        &self,
+        epoch: usize,
+        idx: &[usize],
+        _scratch: &mut transforms::Scratch,
+    ) -> Result<Batch> {
         let mut images = Vec::new();
         let mut labels = Vec::new();
         let mut skipped = Vec::new();
         for &i in idx {
             let (path, label) = &self.data.samples[i];
-            let mut rng = StdRng::seed_from_u64(mix(self.seed, epoch as u64, i as u64));
-            // A decoder error is the file's fault (skipped and counted); a panic is the
-            // transform's or its settings' (the run stops, naming the image it happened on).
-            let loaded =
-                catch_unwind(AssertUnwindSafe(|| transforms::load(path, self.transform, &mut rng))).map_err(|p| {
-                    anyhow!(
-                        "the {:?} transform panicked on {}: {}",
-                        self.transform,
-                        path.display(),
-                        panic_message(p.as_ref())
-                    )
-                })?;
-            match loaded {
+            match transforms::load_reference(path, self.transform, &mut self.sample_rng(epoch, i)) {
                 Ok(t) => {
                     images.push(t);
                     labels.push(*label);
@@ -208,6 +280,9 @@ impl Loader {
         Ok(Batch { images, labels: Tensor::from_slice(&labels), skipped })
     }
 }
+
+/// A batch maker: the samples `idx` of an epoch into one batch, with a worker's scratch.
+pub type MakeBatch = fn(&Loader, usize, &[usize], &mut transforms::Scratch) -> Result<Batch>;
 
 /// A panic's message, when it has one.
 pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
