@@ -57,6 +57,23 @@ pub fn autocast<T>(dtype: Option<AutocastDtype>, device: Device, f: impl FnOnce(
     }
 }
 
+/// Runs `f` with CUDA autocast off, when it is on (then back on): for the parts of an autocast
+/// region that must stay in f32, e.g. a classifier head whose logits are compared at 1e-2.
+pub fn without<T>(f: impl FnOnce() -> T) -> T {
+    if state().is_none() {
+        return f();
+    }
+    struct On;
+    impl Drop for On {
+        fn drop(&mut self) {
+            unsafe { ffi::gc_autocast_set_enabled(1) }
+        }
+    }
+    unsafe { ffi::gc_autocast_set_enabled(0) };
+    let _on = On;
+    f()
+}
+
 fn enter(dtype: AutocastDtype) -> Guard {
     let (mut enabled, mut prev) = (0, 0);
     unsafe { ffi::gc_autocast_enter(dtype.code(), &mut enabled, &mut prev) };
@@ -69,4 +86,25 @@ fn enter(dtype: AutocastDtype) -> Guard {
 pub fn autocast_cuda_state_for_test<T>(dtype: AutocastDtype, f: impl FnOnce() -> T) -> T {
     let _guard = enter(dtype);
     f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_exit_nesting_and_without_restore_the_state_on_the_cpu() {
+        assert_eq!(state(), None);
+        // On the CPU `autocast` leaves the state alone: CUDA autocast is only entered for CUDA.
+        assert_eq!(autocast(Some(AutocastDtype::F16), Device::Cpu, state), None);
+        let seen = autocast_cuda_state_for_test(AutocastDtype::F16, || {
+            let inner = autocast_cuda_state_for_test(AutocastDtype::Bf16, state);
+            (state(), inner, without(state), state())
+        });
+        assert_eq!(seen, (Some(AutocastDtype::F16), Some(AutocastDtype::Bf16), None, Some(AutocastDtype::F16)));
+        assert_eq!(state(), None);
+        let r = std::panic::catch_unwind(|| autocast_cuda_state_for_test(AutocastDtype::F16, || panic!("inside")));
+        assert!(r.is_err());
+        assert_eq!(state(), None, "a panic left autocast on");
+    }
 }

@@ -300,7 +300,7 @@ fn the_scaled_step_checks_loss_and_gradients_at_once_and_skips_overflows() {
     let trainer = |m: &Model, amp: bool, scale: f64| Trainer {
         sgd: Sgd::new(&m.vs, 0.9, 1e-4),
         scaler: LossScaler::resume(scale, 0),
-        amp,
+        amp: amp.then_some(groupcam::autocast::AutocastDtype::F16),
         ddp: None,
     };
 

@@ -48,9 +48,8 @@ use crate::ops::Blur;
 pub enum Precision {
     F32,
     /// CUDA autocast (float16) around the map's forwards. Only the mask depends on them, so
-    /// half precision can only move pixels that lie at the threshold. Needs a CUDA device;
-    /// untested on a GPU so far. tch 0.24 exposes no setter for the autocast dtype, so
-    /// bfloat16 is not offered.
+    /// half precision can only move pixels that lie at the threshold (the head runs in f32:
+    /// [`crate::cam::head_f32`]). Needs a CUDA device; untested on a GPU so far.
     F16Autocast,
 }
 
@@ -279,7 +278,9 @@ impl GroupCamAugment {
         let run = || cam.explain_against(model, x, blurred, Some(labels), self.score_dims(h, w));
         let exp = match self.precision {
             Precision::F32 => run()?,
-            Precision::F16Autocast => tch::autocast(true, run)?,
+            Precision::F16Autocast => {
+                crate::autocast::autocast(Some(crate::autocast::AutocastDtype::F16), x.device(), run)?
+            }
         };
         Ok((exp.maps.unsqueeze(1), Tensor::from_slice(&exp.constant).to_device(x.device())))
     }

@@ -73,7 +73,12 @@ pub fn run(b: &TrainBench, device: Device) -> Result<Report> {
     model.set_training(true);
     let x = Tensor::randn([b.batch, 3, b.size, b.size], (Kind::Float, device));
     let y = Tensor::randint(1000, [b.batch], (Kind::Int64, device));
-    let mut trainer = Trainer { sgd: Sgd::new(&model.vs, 0.9, 1e-4), scaler: LossScaler::new(), amp: b.amp, ddp: None };
+    let mut trainer = Trainer {
+        sgd: Sgd::new(&model.vs, 0.9, 1e-4),
+        scaler: LossScaler::new(),
+        amp: b.amp.then_some(crate::autocast::AutocastDtype::F16),
+        ddp: None,
+    };
     let mut bare_sgd = Sgd::new(&model.vs, 0.9, 1e-4);
     let tb_dir = TempDir::new("tb");
     let mut tb = EventLog::create(&tb_dir.0, OnError::Stop)?;

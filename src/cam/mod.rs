@@ -213,7 +213,7 @@ pub fn score_batched(
 pub fn head_f32(model: &dyn CamModel, a: &Tensor) -> Tensor {
     if a.kind() == Kind::Half || a.kind() == Kind::BFloat16 {
         let a = a.to_kind(Kind::Float);
-        return tch::autocast(false, || model.head_t(&a, false));
+        return crate::autocast::without(|| model.head_t(&a, false));
     }
     model.head_t(a, false)
 }

@@ -29,6 +29,7 @@ unsafe extern "C" {
     pub fn gc_autocast_enter(dtype: c_int, prev_enabled: *mut c_int, prev_dtype: *mut c_int);
     pub fn gc_autocast_exit(prev_enabled: c_int, prev_dtype: c_int);
     pub fn gc_autocast_state() -> c_int;
+    pub fn gc_autocast_set_enabled(enabled: c_int);
 }
 
 /// Ok, or the shim's error message (the string is freed here).

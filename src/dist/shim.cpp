@@ -176,6 +176,10 @@ void gc_autocast_exit(int prev_enabled, int prev_dtype) {
   at::autocast::set_autocast_dtype(at::kCUDA, prev_dtype == 1 ? at::kBFloat16 : at::kHalf);
 }
 
+// Turns CUDA autocast on or off, leaving its dtype and nesting as they are (for a region that
+// must run in full precision inside an autocast one).
+void gc_autocast_set_enabled(int enabled) { at::autocast::set_autocast_enabled(at::kCUDA, enabled != 0); }
+
 // -1 when off, else the dtype code of gc_autocast_enter.
 int gc_autocast_state() {
   if (!at::autocast::is_autocast_enabled(at::kCUDA)) return -1;

@@ -71,9 +71,10 @@ pub struct DataConfig {
 pub enum Amp {
     /// fp16 autocast with dynamic loss scaling on CUDA, full precision on CPU.
     Auto,
-    /// fp16 autocast with dynamic loss scaling (CUDA only). tch 0.24 has no setter for the
-    /// autocast dtype, so bf16 is not offered.
+    /// fp16 autocast with dynamic loss scaling (CUDA only).
     Fp16,
+    /// bfloat16 autocast (CUDA only): fp32's exponent range, so no loss scaling.
+    Bf16,
     Off,
 }
 

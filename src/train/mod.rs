@@ -24,6 +24,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tch::{Device, Kind, Tensor};
 
 use crate::augment::GroupCamAugment;
+use crate::autocast::AutocastDtype;
 use crate::data::{ImageFolder, Loader, Transform};
 use crate::dist::{Ddp, Group, Launch, sampler};
 use crate::models::{CamModel, Model, weights};
@@ -343,10 +344,12 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     if let Some(n) = cfg.train.threads {
         tch::set_num_threads(n);
     }
-    let use_amp = matches!(device, Device::Cuda(_)) && cfg.train.amp != Amp::Off;
-    if cfg.train.amp == Amp::Fp16 && !matches!(device, Device::Cuda(_)) {
-        bail!("key 'train.amp': fp16 needs a CUDA device (running on {device:?})");
-    }
+    let amp = match (cfg.train.amp, device) {
+        (Amp::Off, _) | (Amp::Auto, Device::Cpu) => None,
+        (Amp::Auto | Amp::Fp16, Device::Cuda(_)) => Some(AutocastDtype::F16),
+        (Amp::Bf16, Device::Cuda(_)) => Some(AutocastDtype::Bf16),
+        (a, d) => bail!("key 'train.amp': {a:?} autocast needs a CUDA device (running on {d:?})"),
+    };
     if main && cfg.train.device == "auto" && device == Device::Cpu {
         // An old driver or a CPU-only libtorch would otherwise turn an ImageNet run into a
         // CPU run without AMP, found out hours later.
@@ -365,7 +368,11 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         Device::Cuda(i) => println!(
             "device: cuda:{i} ({} CUDA device(s)), amp: {}",
             tch::Cuda::device_count(),
-            if use_amp { "fp16" } else { "off" }
+            match amp {
+                Some(AutocastDtype::F16) => "fp16 (loss-scaled)",
+                Some(AutocastDtype::Bf16) => "bf16",
+                None => "off",
+            }
         ),
         _ => println!("device: cpu ({} threads)", tch::get_num_threads()),
     }
@@ -429,8 +436,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     if let Some(d) = &ddp {
         d.broadcast_state()?;
     }
-    let trainer =
-        Trainer { sgd, scaler: LossScaler::resume(meta.loss_scale, meta.loss_scale_clean_steps), amp: use_amp, ddp };
+    let trainer = Trainer { sgd, scaler: LossScaler::resume(meta.loss_scale, meta.loss_scale_clean_steps), amp, ddp };
     // Ranks other than 0 write nothing: no event file, no probe, no grids.
     let tb = EventLog::create(&dir.out.join("tb"), if main { cfg.train.tensorboard } else { crate::tb::OnError::Off })?;
     let (saliency, grid) = if main {
@@ -718,26 +724,26 @@ pub enum StepResult {
     NonFinite(f64),
 }
 
-/// The optimizer side of a step: SGD, and the fp16 loss scale when `amp`.
+/// The optimizer side of a step: SGD, autocast, and the fp16 loss scale.
 pub struct Trainer {
     pub sgd: Sgd,
     pub scaler: LossScaler,
-    /// fp16 autocast with dynamic loss scaling (CUDA).
-    pub amp: bool,
+    /// CUDA autocast: fp16 with dynamic loss scaling, or bf16 (no scaling). Autocast is a no-op
+    /// on the CPU, where fp16 still runs the loss-scaling arithmetic (what the CPU tests check).
+    pub amp: Option<AutocastDtype>,
     /// Gradients averaged over the ranks after each backward (data-parallel runs).
     pub ddp: Option<Ddp>,
 }
 
 impl Trainer {
-    /// One SGD step on a batch: forward (fp16 autocast when `amp`), cross-entropy, backward
-    /// (scaled when `amp`), update.
+    /// One SGD step on a batch: forward (under `amp`'s autocast), cross-entropy, backward
+    /// (scaled for fp16), update.
     pub fn step(&mut self, model: &dyn CamModel, x: &Tensor, y: &Tensor, lr: f64) -> Result<StepResult> {
-        let amp = self.amp;
-        let logits = tch::autocast(amp, || model.forward(x));
+        let logits = crate::autocast::autocast(self.amp, x.device(), || model.forward(x));
         let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(y);
         let top1 = hits(&logits.detach(), y).0;
         self.sgd.zero_grad();
-        if !amp {
+        if !self.loss_scaled() {
             // The step's one read from the device: the loss, checked before it can do harm.
             let value = loss.double_value(&[]);
             // Decided together: a rank that stopped alone would leave the others in the all-reduce.
@@ -762,7 +768,7 @@ impl Trainer {
         self.sgd.zero_grad();
         let zero = self.sgd.zero_loss();
         let top1 = Tensor::zeros([], (Kind::Int64, zero.device()));
-        if !self.amp {
+        if !self.loss_scaled() {
             if self.any_rank(false)? {
                 return Ok(StepResult::NonFinite(f64::NAN));
             }
@@ -806,6 +812,11 @@ impl Trainer {
         });
         self.sgd.step(lr);
         Ok(StepResult::Done { loss: value, top1 })
+    }
+
+    /// fp16 needs its loss scaled (bf16 has fp32's exponent range).
+    fn loss_scaled(&self) -> bool {
+        self.amp == Some(AutocastDtype::F16)
     }
 
     /// Whether `here` holds on any rank (just `here` alone).
