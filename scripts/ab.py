@@ -1,0 +1,421 @@
+"""The A/B of issue 13 on Fashion-MNIST: does the Group-CAM augmentation help on real data?
+
+1. Converts the IDX files (scripts/fetch-fashion-mnist.sh fetches them) to ImageFolder PNGs:
+   28 x 28 grey stored as RGB, `data.input_size` upsamples (default 128: ResNet-18's layer4 is
+   then 4 x 4). The training set is subsampled (stratified, seeded) when --train-size asks; the
+   whole test set is the validation set.
+2. Pre-trains one plain starting point (augmentation off) once.
+3. Fine-tunes every arm from its final.safetensors (`weights:`), once per seed, with
+   `train.seed` = the seed, so an arm and the control see the same data order per seed:
+   control (augmentation off), faithful (the default augmentation: G = 16, every image, full
+   resolution), fast (probability 0.5, scored at --fast-score-size). The cached arm (issue 13's
+   saliency cache) does not exist yet and is listed as missing; `--arm cached:augment.refresh=5`
+   adds it once the key exists.
+4. Writes <work>/ab.md and <work>/ab.json: top-1 on the whole validation set per arm (mean +- std
+   over seeds), the paired difference to the control per seed with a 95% t-interval, wall time
+   per run; and `groupcam report ARM --control CONTROL` per arm and seed in <work>/reports/.
+
+A run whose directory holds the same config and a finished history is reused, so an
+interrupted A/B goes on where it stopped.
+
+    make ab   # or: .venv/bin/python scripts/ab.py --idx .venv/data/fashion-mnist --work out/ab
+"""
+import argparse
+import gzip
+import json
+import math
+import os
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ["t-shirt-top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# Two-sided 95% quantiles of Student's t, df = 1..30 (beyond: the normal's 1.96 is within 2%).
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+class AbError(Exception):
+    pass
+
+
+def idx_path(folder, name):
+    for p in (os.path.join(folder, name), os.path.join(folder, name + ".gz")):
+        if os.path.isfile(p):
+            return p
+    raise AbError(f"{os.path.join(folder, name)}(.gz) is missing (scripts/fetch-fashion-mnist.sh {folder} fetches it)")
+
+
+def read_idx(path, dims):
+    """An IDX file of unsigned bytes with `dims` dimensions (1: labels, 3: images)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise AbError(f"{path}: cannot read: {e}")
+    if len(data) < 4 + 4 * dims:
+        raise AbError(f"{path}: too short for an IDX header")
+    zero, kind, nd = struct.unpack(">HBB", data[:4])
+    if zero != 0 or kind != 0x08 or nd != dims:
+        raise AbError(f"{path}: not an IDX file of {dims}-D unsigned bytes (magic {data[:4].hex()})")
+    shape = struct.unpack(">" + "I" * dims, data[4 : 4 + 4 * dims])
+    body = data[4 + 4 * dims :]
+    if len(body) != math.prod(shape):
+        raise AbError(f"{path}: header says {shape} ({math.prod(shape)} bytes), body has {len(body)} bytes")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def load_split(folder, split):
+    img_name, lab_name = FILES[split]
+    ip, lp = idx_path(folder, img_name), idx_path(folder, lab_name)
+    images, labels = read_idx(ip, 3), read_idx(lp, 1)
+    if len(images) != len(labels):
+        raise AbError(f"{ip} has {len(images)} images but {lp} has {len(labels)} labels")
+    if labels.size and labels.max() >= len(CLASSES):
+        raise AbError(f"{lp}: label {labels.max()} is out of range 0..{len(CLASSES) - 1}")
+    return images, labels
+
+
+def subsample(labels, size, seed):
+    """A stratified subset of about `size` indices (the same share of every class), sorted."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    keep = []
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        n = max(1, round(size * len(idx) / len(labels)))
+        keep.append(rng.choice(idx, size=min(n, len(idx)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def convert(idx_dir, root, train_size, subset_seed):
+    """ImageFolder PNGs (RGB, 28 px) under root/train and root/val; redone only when its inputs change."""
+    stamp = os.path.join(root, "converted.json")
+    want = {"idx": os.path.abspath(idx_dir), "train_size": train_size, "subset_seed": subset_seed}
+    if os.path.isfile(stamp):
+        with open(stamp) as f:
+            have = json.load(f)
+        if {k: have.get(k) for k in want} == want:
+            return have
+    if os.path.isdir(root):
+        shutil.rmtree(root)
+    counts = {}
+    for split in ("train", "val"):
+        images, labels = load_split(idx_dir, split)
+        keep = np.arange(len(labels))
+        if split == "train" and train_size is not None and train_size < len(labels):
+            keep = subsample(labels, train_size, subset_seed)
+        for c in np.unique(labels[keep]):
+            os.makedirs(os.path.join(root, split, f"{c}-{CLASSES[c]}"), exist_ok=True)
+        for i in keep:
+            c = labels[i]
+            Image.fromarray(images[i], "L").convert("RGB").save(os.path.join(root, split, f"{c}-{CLASSES[c]}", f"{i:05d}.png"))
+        counts[split] = {"images": int(len(keep)), "classes": int(len(np.unique(labels[keep]))), "of": int(len(labels))}
+    have = dict(want, **counts)
+    with open(stamp + ".tmp", "w") as f:
+        json.dump(have, f, indent=1)
+    os.replace(stamp + ".tmp", stamp)
+    return have
+
+
+def base_config(a, data_root, out):
+    return {
+        "arch": a.arch,
+        "data": {
+            "root": data_root,
+            "input_size": a.input_size,
+            # The validation Resize equals the input size: the centre crop is the whole garment.
+            "val_resize": a.input_size,
+            "scale": a.scale,
+            "workers": a.workers,
+        },
+        "train": {
+            "epochs": a.epochs,
+            "batch_size": a.batch,
+            "lr": a.lr,
+            "lr_step": a.lr_step,
+            "lr_gamma": 0.1,
+            "seed": 0,
+            "device": a.device,
+            "tensorboard": "off",
+        },
+        "augment": {"enabled": False},
+        # The probe costs the same in every arm and is not what the A/B measures.
+        "saliency": {"probe": a.probe},
+        "out": out,
+    }
+
+
+def with_sets(cfg, sets):
+    """Applies `a.b=value` overrides (values are JSON, else strings), as `--set` would."""
+    cfg = json.loads(json.dumps(cfg))
+    for s in sets:
+        key, _, raw = s.partition("=")
+        if not _:
+            raise AbError(f"'{s}': expected key=value")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return cfg
+
+
+def arm_settings(a):
+    arms = {
+        "control": ("augmentation off", ["augment.enabled=false"]),
+        "faithful": ("G = 16, every image, full-resolution scoring (the paper)", ["augment.enabled=true"]),
+        "fast": (
+            f"G = 16, probability {a.fast_probability:g}, scored at {a.fast_score_size} px",
+            ["augment.enabled=true", f"augment.probability={a.fast_probability}", f"augment.score_size={a.fast_score_size}"],
+        ),
+    }
+    missing = {"cached": "issue 13's saliency cache (augment.refresh) is not built yet"}
+    for spec in a.arm:
+        name, _, sets = spec.partition(":")
+        arms[name] = (sets or "as the base config", ["augment.enabled=true"] + [s for s in sets.split(",") if s])
+        missing.pop(name, None)
+    listed = [n for n in a.arms.split(",") if n]
+    order = listed + [spec.partition(":")[0] for spec in a.arm if spec.partition(":")[0] not in listed]
+    for n in order:
+        if n not in arms and n not in missing:
+            raise AbError(f"unknown arm '{n}' (known: {', '.join(list(arms) + list(missing))}; --arm NAME:key=value adds one)")
+    return {n: arms[n] for n in order if n in arms}, {n: missing[n] for n in order if n in missing}
+
+
+def finished(run_dir, cfg):
+    """A run already done with this very config (reused, so an interrupted A/B resumes)."""
+    try:
+        with open(os.path.join(run_dir, "ab-config.json")) as f:
+            saved = json.load(f)
+        with open(os.path.join(run_dir, "history.json")) as f:
+            history = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if saved.get("config") != cfg or len(history) != cfg["train"]["epochs"] or not os.path.isfile(os.path.join(run_dir, "final.safetensors")):
+        return None
+    return saved
+
+
+def run(a, name, cfg):
+    """One `groupcam finetune`; returns its history, wall time and directory."""
+    run_dir = cfg["out"]
+    saved = finished(run_dir, cfg)
+    if saved is None:
+        os.makedirs(os.path.join(a.work, "configs"), exist_ok=True)
+        cfg_path = os.path.join(a.work, "configs", name + ".yaml")
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f, indent=1)  # JSON is YAML
+        cmd = [a.bin, "finetune", "--config", cfg_path, "--quiet"]
+        if os.path.exists(run_dir):
+            cmd.append("--overwrite")
+        print(f"== {name}: {' '.join(cmd)}", flush=True)
+        t0 = time.time()
+        proc = subprocess.run(cmd, stdout=None if a.verbose else subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wall = time.time() - t0
+        if proc.returncode != 0:
+            tail = "" if proc.stdout is None else "\n" + "\n".join(proc.stdout.splitlines()[-20:])
+            raise AbError(f"run {name} failed (exit {proc.returncode}; config {cfg_path}){tail}")
+        saved = {"config": cfg, "wall_s": wall}
+        with open(os.path.join(run_dir, "ab-config.json"), "w") as f:
+            json.dump(saved, f, indent=1)
+    else:
+        print(f"== {name}: reusing {run_dir}", flush=True)
+    with open(os.path.join(run_dir, "history.json")) as f:
+        history = json.load(f)
+    return history, saved["wall_s"], run_dir
+
+
+def mean_std(v):
+    return (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else None)
+
+
+def t_interval(d):
+    """The mean of paired differences with its two-sided 95% t-interval (None with one pair)."""
+    m, sd = mean_std(d)
+    if sd is None:
+        return m, None
+    t = T975[len(d) - 2] if len(d) - 1 <= len(T975) else 1.96
+    h = t * sd / math.sqrt(len(d))
+    return m, [m - h, m + h]
+
+
+def pct(v):
+    return f"{100 * v:.2f}"
+
+
+def render(result):
+    s = result["setup"]
+    lines = [
+        f"Fashion-MNIST, {s['train_images']} training images (of {s['train_of']}), the whole test set "
+        f"({s['val_images']} images) as validation; {s['arch']} at {s['input_size']} px "
+        f"({s['input_size'] // 32} x {s['input_size'] // 32} target-layer positions), batch {s['batch']}; "
+        f"plain pre-training {s['pretrain_epochs']} epochs at lr {s['pretrain_lr']:g} "
+        f"({s['pretrain_wall_s']:.0f} s), then {s['epochs']} fine-tuning epochs at lr {s['lr']:g} "
+        f"per arm and seed; seeds {', '.join(map(str, s['seeds']))}.",
+        "",
+        "| arm | setting | runs | val top-1 % (mean +- std) | minus control, pt (mean, 95% t-interval) | augmented | wall s per run | / control |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    control_wall = result["arms"].get("control", {}).get("wall_s_mean")
+    for name, arm in result["arms"].items():
+        sd = f" +- {pct(arm['top1_std'])}" if arm["top1_std"] is not None else ""
+        diff = arm.get("diff")
+        if diff is None:
+            dcell = "-"
+        elif diff["ci95"] is None:
+            dcell = f"{100 * diff['mean']:+.2f} (one seed: no interval)"
+        else:
+            dcell = f"{100 * diff['mean']:+.2f} [{100 * diff['ci95'][0]:+.2f}, {100 * diff['ci95'][1]:+.2f}]"
+        ratio = f"{arm['wall_s_mean'] / control_wall:.2f}" if control_wall else "-"
+        lines.append(
+            f"| {name} | {arm['setting']} | {len(arm['runs'])} | {pct(arm['top1_mean'])}{sd} | {dcell} | "
+            f"{100 * arm['augmented_mean']:.0f}% | {arm['wall_s_mean']:.0f} | {ratio} |"
+        )
+    for name, why in result["missing"].items():
+        lines.append(f"| {name} | missing: {why} | 0 | - | - | - | - | - |")
+    names = list(result["arms"])
+    lines += ["", "Per seed (val top-1 %; the difference to the control in points):", ""]
+    others = [n for n in names if n != "control"]
+    head = ["seed"] + names + [f"{n} - control" for n in others if "control" in names]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for seed in s["seeds"]:
+        row = [str(seed)]
+        by = {n: {r["seed"]: r for r in result["arms"][n]["runs"]}.get(seed) for n in names}
+        row += [pct(by[n]["top1"]) if by[n] else "-" for n in names]
+        if "control" in names:
+            row += [f"{100 * (by[n]['top1'] - by['control']['top1']):+.2f}" if by[n] and by["control"] else "-" for n in others]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--idx", default=".venv/data/fashion-mnist", help="folder of the four IDX files (.gz or not)")
+    p.add_argument("--work", default="out/ab", help="converted data, runs, reports, ab.md, ab.json")
+    p.add_argument("--bin", default="target/release/groupcam")
+    p.add_argument("--train-size", type=int, default=None, help="subsample the training set (stratified)")
+    p.add_argument("--subset-seed", type=int, default=0)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--arms", default="control,faithful,fast,cached")
+    p.add_argument("--arm", action="append", default=[], help="NAME:key=value,... adds or replaces an augmented arm")
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--scale", default="0.5,1", help="RandomResizedCrop scale range")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--pretrain-epochs", type=int, default=3)
+    p.add_argument("--pretrain-lr", type=float, default=0.05)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=0.005)
+    p.add_argument("--lr-step", type=int, default=2)
+    p.add_argument("--fast-probability", type=float, default=0.5)
+    p.add_argument("--fast-score-size", type=int, default=None, help="default: half the input size")
+    p.add_argument("--probe", type=int, default=0, help="saliency.probe (0: no saliency tracking)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--set", action="append", default=[], help="key=value for every run (JSON values)")
+    p.add_argument("--verbose", action="store_true", help="show each run's output")
+    a = p.parse_args(argv)
+    a.scale = [float(v) for v in a.scale.split(",")]
+    a.fast_score_size = a.fast_score_size or a.input_size // 2
+    seeds = [int(v) for v in a.seeds.split(",") if v != ""]
+    if not seeds:
+        raise AbError("--seeds: give at least one seed")
+    if not (os.path.isfile(a.bin) and os.access(a.bin, os.X_OK)):
+        raise AbError(f"--bin {a.bin}: no such executable (cargo build --release)")
+    arms, missing = arm_settings(a)
+    work = os.path.abspath(a.work)
+    a.work = work
+    os.makedirs(work, exist_ok=True)
+
+    data = convert(a.idx, os.path.join(work, "data"), a.train_size, a.subset_seed)
+    print(f"data: {data['train']['images']} training images, {data['val']['images']} validation images", flush=True)
+
+    pre = base_config(a, os.path.join(work, "data"), os.path.join(work, "runs", "pretrain"))
+    pre["train"].update(epochs=a.pretrain_epochs, lr=a.pretrain_lr, lr_step=max(a.pretrain_epochs, 1))
+    pre = with_sets(pre, a.set)
+    _, pre_wall, pre_dir = run(a, "pretrain", pre)
+    start = os.path.join(pre_dir, "final.safetensors")
+
+    results = {n: [] for n in arms}
+    # Seed-major order: a drift in the machine's speed hits every arm alike.
+    for seed in seeds:
+        for name, (_, sets) in arms.items():
+            cfg = base_config(a, os.path.join(work, "data"), os.path.join(work, "runs", f"{name}-s{seed}"))
+            cfg["weights"] = start
+            cfg["train"]["seed"] = seed
+            cfg = with_sets(with_sets(cfg, a.set), sets)
+            history, wall, run_dir = run(a, f"{name}-s{seed}", cfg)
+            last = history[-1]
+            if last.get("val_images") != data["val"]["images"]:
+                raise AbError(
+                    f"run {run_dir}: validated on {last.get('val_images')} images, not the {data['val']['images']} converted "
+                    f"({last.get('val_skipped')} unreadable)"
+                )
+            results[name].append({
+                "seed": seed, "top1": last["val_top1"], "top5": last["val_top5"], "val_images": last["val_images"],
+                "augmented": statistics.fmean(r["augmented_fraction"] for r in history),
+                "wall_s": wall, "train_s": sum(r["seconds"] for r in history), "run": run_dir,
+            })
+
+    os.makedirs(os.path.join(work, "reports"), exist_ok=True)
+    if "control" in results:
+        for name, runs in results.items():
+            for r, c in zip(runs, results["control"]):
+                if name == "control":
+                    continue
+                proc = subprocess.run([a.bin, "report", r["run"], "--control", c["run"]], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise AbError(f"groupcam report {r['run']} failed: {proc.stderr.strip()}")
+                with open(os.path.join(work, "reports", f"{name}-s{r['seed']}.md"), "w") as f:
+                    f.write(proc.stdout)
+
+    out = {"arms": {}, "missing": missing}
+    for name, runs in results.items():
+        m, sd = mean_std([r["top1"] for r in runs])
+        arm = {
+            "setting": arms[name][0], "sets": arms[name][1], "runs": runs, "top1_mean": m, "top1_std": sd,
+            "augmented_mean": statistics.fmean(r["augmented"] for r in runs),
+            "wall_s_mean": statistics.fmean(r["wall_s"] for r in runs),
+        }
+        if name != "control" and "control" in results:
+            d = [r["top1"] - c["top1"] for r, c in zip(runs, results["control"])]
+            dm, ci = t_interval(d)
+            arm["diff"] = {"per_seed": d, "mean": dm, "ci95": ci}
+        out["arms"][name] = arm
+    out["setup"] = {
+        "arch": a.arch, "input_size": a.input_size, "batch": a.batch, "scale": a.scale, "seeds": seeds,
+        "train_images": data["train"]["images"], "train_of": data["train"]["of"], "val_images": data["val"]["images"],
+        "pretrain_epochs": a.pretrain_epochs, "pretrain_lr": a.pretrain_lr, "pretrain_wall_s": pre_wall,
+        "epochs": a.epochs, "lr": a.lr, "lr_step": a.lr_step, "sets": a.set, "start": start,
+    }
+    table = render(out)
+    with open(os.path.join(work, "ab.json.tmp"), "w") as f:
+        json.dump(out, f, indent=1)
+    os.replace(os.path.join(work, "ab.json.tmp"), os.path.join(work, "ab.json"))
+    with open(os.path.join(work, "ab.md"), "w") as f:
+        f.write(table)
+    print(table)
+    print(f"written: {os.path.join(work, 'ab.md')}, {os.path.join(work, 'ab.json')}, reports in {os.path.join(work, 'reports')}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except AbError as e:
+        sys.exit(f"ab: {e}")

@@ -1,0 +1,189 @@
+//! The A/B harness (scripts/ab.py, issue 13) on tiny synthetic IDX files: conversion,
+//! subsampling, one shared plain starting point, the arms' configs, the table and the JSON, the
+//! reuse of finished runs, the t-interval, and a clear error for a bad IDX file. No download.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{python, root, s};
+use serde_json::Value;
+
+const CLASSES: usize = 3;
+
+/// An IDX file of unsigned bytes: magic 0x0000 08 nd, big-endian dims, the body.
+fn write_idx(path: &Path, dims: &[u32], body: &[u8]) {
+    let mut data = vec![0u8, 0, 0x08, dims.len() as u8];
+    for d in dims {
+        data.extend_from_slice(&d.to_be_bytes());
+    }
+    data.extend_from_slice(body);
+    std::fs::write(path, data).unwrap();
+}
+
+/// n 28 x 28 images of CLASSES classes (label i % CLASSES), each class a bright bar at its own
+/// height on noise, so that the classes differ.
+fn write_split(dir: &Path, prefix: &str, n: usize) {
+    let mut images = vec![0u8; n * 28 * 28];
+    let mut labels = vec![0u8; n];
+    for i in 0..n {
+        let c = i % CLASSES;
+        labels[i] = c as u8;
+        for y in 0..28 {
+            for x in 0..28 {
+                let noise = ((i * 31 + y * 7 + x * 13) % 50) as u8;
+                let bar = (4 + 6 * c..10 + 6 * c).contains(&y) && (6..22).contains(&x);
+                images[i * 784 + y * 28 + x] = if bar { 230 } else { noise };
+            }
+        }
+    }
+    write_idx(&dir.join(format!("{prefix}-images-idx3-ubyte")), &[n as u32, 28, 28], &images);
+    write_idx(&dir.join(format!("{prefix}-labels-idx1-ubyte")), &[n as u32], &labels);
+}
+
+fn ab(idx: &Path, work: &Path) -> Output {
+    Command::new(python())
+        .arg(root().join("scripts/ab.py"))
+        .args(["--idx", s(idx), "--work", s(work), "--bin", env!("CARGO_BIN_EXE_groupcam")])
+        .args(["--seeds", "0", "--train-size", "18", "--input-size", "64", "--batch", "8"])
+        .args(["--pretrain-epochs", "1", "--epochs", "1", "--workers", "1", "--device", "cpu"])
+        .output()
+        .expect("cannot run the venv's python: run `make venv` first")
+}
+
+fn json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn pngs(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for class in std::fs::read_dir(dir).unwrap() {
+        for f in std::fs::read_dir(class.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out
+}
+
+#[test]
+fn smoke_run_writes_the_table_and_json_and_reuses_finished_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (idx, work) = (tmp.path().join("idx"), tmp.path().join("work"));
+    std::fs::create_dir_all(&idx).unwrap();
+    write_split(&idx, "train", 24);
+    write_split(&idx, "t10k", 12);
+
+    let out = ab(&idx, &work);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ab.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+
+    // Conversion: a stratified subset of 6 per class for training, the whole test set as val,
+    // 28 px RGB PNGs in ImageFolder layout.
+    let train = pngs(&work.join("data/train"));
+    let val = pngs(&work.join("data/val"));
+    assert_eq!((train.len(), val.len()), (18, 12));
+    for c in std::fs::read_dir(work.join("data/train")).unwrap() {
+        assert_eq!(std::fs::read_dir(c.unwrap().path()).unwrap().count(), 6);
+    }
+    let img = image::open(&val[0]).unwrap();
+    assert_eq!((img.width(), img.height(), img.color()), (28, 28, image::ColorType::Rgb8));
+
+    let r = json(&work.join("ab.json"));
+    let arms = r["arms"].as_object().unwrap();
+    assert_eq!(arms.keys().map(String::as_str).collect::<Vec<_>>(), ["control", "faithful", "fast"]);
+    assert!(r["missing"]["cached"].is_string(), "the cached arm is listed as missing: {}", r["missing"]);
+    let start = work.join("runs/pretrain/final.safetensors");
+    assert!(start.is_file());
+    for (name, arm) in arms {
+        let runs = arm["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 1, "{name}");
+        let run = &runs[0];
+        assert_eq!(run["seed"], 0);
+        assert_eq!(run["val_images"], 12, "{name}: the whole test set");
+        // The figure is the run's own final val top-1, not something else.
+        let dir = Path::new(run["run"].as_str().unwrap());
+        let history = json(&dir.join("history.json"));
+        let last = history.as_array().unwrap().last().unwrap();
+        assert_eq!(run["top1"], last["val_top1"], "{name}");
+        assert!(run["wall_s"].as_f64().unwrap() > 0.0);
+        // Every arm starts from the shared plain checkpoint, with the seed as its data order.
+        let cfg = &json(&dir.join("ab-config.json"))["config"];
+        assert_eq!(cfg["weights"].as_str().unwrap(), s(&start), "{name}");
+        assert_eq!(cfg["train"]["seed"], 0, "{name}");
+        assert_eq!(cfg["data"]["input_size"], 64);
+    }
+    let aug = |n: &str| arms[n]["augmented_mean"].as_f64().unwrap();
+    assert_eq!(aug("control"), 0.0);
+    assert!(aug("faithful") > 0.0, "faithful augmented nothing");
+    assert!(aug("fast") > 0.0 && aug("fast") <= 0.5 + 1e-9, "fast draws half of each batch: {}", aug("fast"));
+    let cfg = |n: &str| json(&work.join(format!("runs/{n}-s0/ab-config.json")))["config"]["augment"].clone();
+    assert_eq!(cfg("control")["enabled"], false);
+    assert_eq!(cfg("faithful")["enabled"], true);
+    assert_eq!((cfg("fast")["probability"].as_f64(), cfg("fast")["score_size"].as_i64()), (Some(0.5), Some(32)));
+
+    // The paired difference per seed; one seed has no interval.
+    for n in ["faithful", "fast"] {
+        let d = &arms[n]["diff"];
+        let want = arms[n]["runs"][0]["top1"].as_f64().unwrap() - arms["control"]["runs"][0]["top1"].as_f64().unwrap();
+        assert!((d["per_seed"][0].as_f64().unwrap() - want).abs() < 1e-12, "{n}: {d}");
+        assert!(d["ci95"].is_null());
+    }
+
+    let table = std::fs::read_to_string(work.join("ab.md")).unwrap();
+    let top1 = format!("{:.2}", 100.0 * arms["faithful"]["top1_mean"].as_f64().unwrap());
+    let faithful_row = table.lines().find(|l| l.starts_with("| faithful |")).expect("a faithful row");
+    assert!(faithful_row.contains(&top1), "{faithful_row} lacks {top1}");
+    for row in ["| control |", "| fast |", "| cached | missing"] {
+        assert!(table.contains(row), "no '{row}' row in\n{table}");
+    }
+    assert!(table.contains("12 images) as validation"), "{table}");
+    let report = std::fs::read_to_string(work.join("reports/faithful-s0.md")).unwrap();
+    assert!(report.contains("## control"), "groupcam report with the control beside it:\n{report}");
+
+    // A second call finds every run done with the same config and reuses it.
+    let again = ab(&idx, &work);
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(stdout.matches(": reusing ").count(), 4, "{stdout}");
+    assert_eq!(json(&work.join("ab.json"))["arms"]["faithful"]["top1_mean"], arms["faithful"]["top1_mean"]);
+}
+
+#[test]
+fn a_bad_idx_file_is_named_and_nothing_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (idx, work) = (tmp.path().join("idx"), tmp.path().join("work"));
+    std::fs::create_dir_all(&idx).unwrap();
+    write_split(&idx, "train", 24);
+    write_split(&idx, "t10k", 12);
+    let bad = idx.join("t10k-labels-idx1-ubyte");
+    std::fs::write(&bad, b"\x00\x00\x08\x03not labels").unwrap();
+    let out = ab(&idx, &work);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(s(&bad)) && err.contains("not an IDX file of 1-D"), "{err}");
+    assert!(!work.join("runs").exists(), "a run started despite the bad file");
+
+    std::fs::remove_file(&bad).unwrap();
+    let out = ab(&idx, &work);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("t10k-labels-idx1-ubyte(.gz) is missing"), "{err}");
+}
+
+#[test]
+fn paired_difference_interval_is_students_t() {
+    // ab.py's t_interval on three pairs against the textbook formula, t(0.975, 2) = 4.303.
+    let code = "import json, sys; sys.path.insert(0, 'scripts'); import ab; \
+                print(json.dumps(ab.t_interval([0.01, 0.03, -0.01])))";
+    let out = Command::new(python()).current_dir(root()).args(["-c", code]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = [0.01f64, 0.03, -0.01];
+    let m = d.iter().sum::<f64>() / 3.0;
+    let sd = (d.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 2.0).sqrt();
+    let h = 4.303 * sd / 3f64.sqrt();
+    assert!((v[0].as_f64().unwrap() - m).abs() < 1e-12);
+    assert!((v[1][0].as_f64().unwrap() - (m - h)).abs() < 1e-12, "{v}");
+    assert!((v[1][1].as_f64().unwrap() - (m + h)).abs() < 1e-12, "{v}");
+}
