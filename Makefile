@@ -6,7 +6,7 @@ SETUP := .venv/.groupcam-setup-2
 BIN := target/release/groupcam
 EFFNET := .venv/weights/efficientnet-lite0.pth
 
-.PHONY: build test demo venv bench clean-demo
+.PHONY: build test demo venv bench clean-demo ab ab-data fidelity
 
 venv: $(SETUP)
 
@@ -40,3 +40,17 @@ demo: build
 
 bench: build
 	$(BIN) bench explain --device cpu
+
+# Issue 13's A/B on Fashion-MNIST (README "A/B on Fashion-MNIST"): fetches the data once (set-up, Debian's
+# dataset-fashion-mnist), then scripts/ab.py; AB_ARGS passes its options (e.g. --train-size 6000).
+AB_DATA ?= .venv/data/fashion-mnist
+AB_ARGS ?=
+ab-data:
+	scripts/fetch-fashion-mnist.sh $(AB_DATA)
+
+ab: build $(SETUP) ab-data
+	.venv/bin/python scripts/ab.py --idx $(AB_DATA) --work out/ab --bin $(BIN) $(AB_ARGS)
+
+# The saliency cache fidelity study (BENCHMARKS.md, "Saliency cache fidelity (issue 13)").
+fidelity: $(SETUP)
+	.venv/bin/python scripts/cache_fidelity.py --weights $(EFFNET) --json out/fidelity.json
