@@ -264,7 +264,7 @@ def render(result):
     lines = [
         f"Fashion-MNIST, {s['train_images']} training images (of {s['train_of']}), the whole test set "
         f"({s['val_images']} images) as validation; {s['arch']} at {s['input_size']} px "
-        f"({s['input_size'] // 32} x {s['input_size'] // 32} target-layer positions), batch {s['batch']}; "
+        f"({-(-s['input_size'] // 32)} x {-(-s['input_size'] // 32)} target-layer positions at stride 32), batch {s['batch']}; "
         f"plain pre-training {s['pretrain_epochs']} epochs at lr {s['pretrain_lr']:g} "
         f"({s['pretrain_wall_s']:.0f} s), then {s['epochs']} fine-tuning epochs at lr {s['lr']:g} "
         f"per arm and seed; seeds {', '.join(map(str, s['seeds']))}.",
