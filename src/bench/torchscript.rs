@@ -87,8 +87,12 @@ pub fn run(b: &TorchScriptBench, device: Device) -> Result<Report> {
     let threads = tch::get_num_threads().max(1) as usize;
     let lanes = Batching { chunk: 2, lanes: threads };
     let lanes_script = Lanes(&script);
-    let mut trainers =
-        [&builtin, &script].map(|m| Trainer { sgd: Sgd::new(&m.vs, 0.9, 1e-4), scaler: LossScaler::new(), amp: false });
+    let mut trainers = [&builtin, &script].map(|m| Trainer {
+        sgd: Sgd::new(&m.vs, 0.9, 1e-4),
+        scaler: LossScaler::new(),
+        amp: false,
+        ddp: None,
+    });
     let [tb, ts] = &mut trainers;
     let fwd = |m: &Model| {
         let _ = tch::no_grad(|| m.logits_eval(&x));
