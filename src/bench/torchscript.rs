@@ -90,7 +90,7 @@ pub fn run(b: &TorchScriptBench, device: Device) -> Result<Report> {
     let mut trainers = [&builtin, &script].map(|m| Trainer {
         sgd: Sgd::new(&m.vs, 0.9, 1e-4),
         scaler: LossScaler::new(),
-        amp: false,
+        amp: None,
         ddp: None,
     });
     let [tb, ts] = &mut trainers;
