@@ -4,7 +4,7 @@ use anyhow::Result;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
-use crate::imagenet::class_name;
+use crate::imagenet::name_for;
 use crate::models::CamModel;
 
 #[derive(Clone, Debug, Serialize)]
@@ -28,7 +28,11 @@ pub fn topk(model: &dyn CamModel, x: &Tensor, k: i64) -> Result<Vec<Vec<Predicti
         .map(|(ps, is)| {
             ps.into_iter()
                 .zip(is)
-                .map(|(probability, class)| Prediction { class, name: class_name(class), probability })
+                .map(|(probability, class)| Prediction {
+                    class,
+                    name: name_for(class, model.num_classes()),
+                    probability,
+                })
                 .collect()
         })
         .collect())

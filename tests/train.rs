@@ -507,3 +507,54 @@ fn the_fast_loader_path_skips_truncated_and_corrupt_jpegs_by_name() {
     named.sort();
     assert_eq!(named, vec![("corrupt.jpg".into(), true), ("cut.jpg".into(), true)]);
 }
+
+/// ImageNet-sized (1000-way) ResNet-18 weights fine-tuned onto the 6 synthetic classes: refused
+/// without `model.reset_head`, naming the classifier and both counts; with it, the run trains a
+/// fresh 6-way `fc` and starts every other tensor from the file.
+#[test]
+fn reset_head_fine_tunes_1000_class_weights_onto_the_class_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_data(dir.path(), 1);
+    let weights = dir.path().join("imagenet-r18.safetensors");
+    tch::manual_seed(11);
+    let start = Model::new(Arch::Resnet18, 1000, Device::Cpu);
+    groupcam::models::weights::save_safetensors(&start.vs, &weights).unwrap();
+    let cfg = tiny_config(dir.path(), &data, "reset");
+    let sets = |reset: bool| {
+        vec![
+            "--config".to_string(),
+            s(&cfg).to_string(),
+            "--set".into(),
+            format!("weights={}", weights.display()),
+            "--set".into(),
+            format!("model.reset_head={reset}"),
+            "--set".into(),
+            "train.epochs=2".into(),
+            "--set".into(),
+            "train.lr=1e-6".into(),
+            "--set".into(),
+            "pretrain.lr=1e-6".into(),
+        ]
+    };
+    let args = sets(false);
+    let out = finetune(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("'fc.weight' has 1000 classes, but 6 are asked for") && err.contains("reset_head: true"),
+        "{err}"
+    );
+
+    let args = sets(true);
+    let out = finetune(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fin: std::collections::BTreeMap<String, Tensor> =
+        tensors(&dir.path().join("reset/final.safetensors")).into_iter().collect();
+    assert_eq!(fin["fc.weight"].size(), [6, 512]);
+    let vars = start.vs.variables();
+    let d = max_abs_diff(&fin["conv1.weight"], &vars["conv1.weight"]);
+    assert!(d < 1e-3, "conv1 did not start from the file (moved {d} at lr 1e-6)");
+    // A fresh head, not the file's first 6 rows.
+    let fc = &vars["fc.weight"].narrow(0, 0, 6);
+    assert!(max_abs_diff(&fin["fc.weight"], fc) > 1e-2, "fc is the file's, not a fresh layer");
+}

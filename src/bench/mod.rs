@@ -7,6 +7,7 @@ pub mod explain;
 pub mod insdel;
 pub mod loader;
 pub mod methods;
+pub mod torchscript;
 pub mod train;
 
 use std::fmt;

@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Args;
 use tch::Device;
 
 use groupcam::augment::{GroupCamAugment, Outcome, Precision, Threshold, preview};
+use groupcam::models::{CamModel, HeadSpec};
 use groupcam::{choice, imagenet};
 
 #[derive(Args)]
@@ -37,10 +38,18 @@ pub struct AugmentArgs {
     /// Output directory: <stem>-augmented.png and <stem>-mask.png (white: the input is kept).
     #[arg(long)]
     out: PathBuf,
+    /// Replace the classifier with a fresh N-way layer first, as `model.reset_head` does at the
+    /// start of a fine-tuning run (the preview of its first augmented batch).
+    #[arg(long, value_name = "N")]
+    reset_head: Option<i64>,
 }
 
 pub fn run(a: AugmentArgs, device: Device) -> Result<()> {
-    let model = a.model.load(device)?;
+    let head = HeadSpec { num_classes: a.reset_head, reset: a.reset_head.is_some() };
+    if let Some(n) = a.reset_head.filter(|&n| n < 1) {
+        bail!("--reset-head {n}: a classifier needs at least 1 class");
+    }
+    let (model, input_size) = a.model.load_with(device, head)?;
     let aug = GroupCamAugment {
         groups: a.groups,
         score_size: a.score_size,
@@ -49,7 +58,7 @@ pub fn run(a: AugmentArgs, device: Device) -> Result<()> {
         precision: a.precision,
         ..Default::default()
     };
-    let items = preview::preview(&model, &aug, &a.image, &a.label, a.model.input_size)?;
+    let items = preview::preview(&model, &aug, &a.image, &a.label, input_size)?;
     let paths = preview::write(&items, &a.out)?;
     for (it, path) in items.iter().zip(&paths) {
         let what = match it.outcome {
@@ -62,7 +71,7 @@ pub fn run(a: AugmentArgs, device: Device) -> Result<()> {
             it.input.display(),
             path.display(),
             it.label,
-            imagenet::class_name(it.label)
+            imagenet::name_for(it.label, model.num_classes())
         );
     }
     Ok(())

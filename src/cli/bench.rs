@@ -28,6 +28,8 @@ pub enum BenchCommand {
     Insdel(InsdelArgs),
     /// The data-parallel gradient all-reduce (CPU ranks over Gloo) against the training step.
     Dist(DistArgs),
+    /// A scripted ResNet-50 against the built-in one: forward, explain, scoring lanes, training step.
+    Torchscript(TorchScriptArgs),
 }
 
 #[derive(Args)]
@@ -49,6 +51,24 @@ pub struct DistArgs {
     /// Gradient bucket size in MB (DDP's default).
     #[arg(long, default_value_t = 25.0)]
     bucket_mb: f64,
+}
+
+#[derive(Args)]
+pub struct TorchScriptArgs {
+    /// A TorchScript archive of a torchvision ResNet-50 (README: export_cnn(resnet50(), path)).
+    #[arg(long)]
+    archive: PathBuf,
+    /// Images per forward and per training step.
+    #[arg(long, default_value_t = 8)]
+    batch: i64,
+    #[arg(long, default_value_t = 32)]
+    groups: i64,
+    /// Timed repetitions after one warm-up, interleaved across the rows.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<i32>,
 }
 
 #[derive(Args)]
@@ -297,6 +317,20 @@ pub fn run(cmd: BenchCommand, device: Device) -> Result<()> {
                 world: a.world,
                 bucket_mb: a.bucket_mb,
             })?
+        }
+        BenchCommand::Torchscript(a) => {
+            if let Some(t) = a.threads {
+                tch::set_num_threads(t);
+            }
+            bench::torchscript::run(
+                &bench::torchscript::TorchScriptBench {
+                    archive: a.archive,
+                    batch: a.batch,
+                    groups: a.groups,
+                    reps: a.reps,
+                },
+                device,
+            )?
         }
     };
     print!("{report}");

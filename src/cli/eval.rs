@@ -68,11 +68,11 @@ pub fn run(a: EvalArgs, device: Device) -> Result<()> {
     }
     let opts = MethodOptions { chunk: a.chunk, rise_masks: Some(a.rise_masks) };
     let methods = methods::build_all(&a.methods, &opts).map_err(|e| anyhow::anyhow!("--methods: {e:#}"))?;
-    let model = a.model.load(device)?;
+    let (model, input_size) = a.model.load(device)?;
     let mut report = EvalReport {
         arch: model.arch.name().to_string(),
         weights: a.model.weights.display().to_string(),
-        input_size: a.model.input_size,
+        input_size: input_size,
         insdel: None,
         pointing: None,
     };
@@ -83,7 +83,7 @@ pub fn run(a: EvalArgs, device: Device) -> Result<()> {
         let opts = InsdelOptions {
             modes: modes.clone(),
             preset: a.preset,
-            input_size: a.model.input_size,
+            input_size: input_size,
             batching,
             batch: a.batch,
             save_maps: a.save_maps.clone(),
@@ -110,7 +110,7 @@ pub fn run(a: EvalArgs, device: Device) -> Result<()> {
                 dir.display()
             );
         }
-        let r = pointing::play(&model, &methods, &coco, &boxes, dir, a.model.input_size)?;
+        let r = pointing::play(&model, &methods, &coco, &boxes, dir, input_size)?;
         print!("{}", r.table());
         report.pointing = Some(r);
     }

@@ -7,6 +7,7 @@ use clap::Args;
 use tch::Device;
 
 use groupcam::cam::{GroupCam, Variant};
+use groupcam::models::CamModel;
 use groupcam::{choice, explain, imagenet};
 
 #[derive(Args)]
@@ -37,10 +38,10 @@ pub struct ExplainArgs {
 }
 
 pub fn run(a: ExplainArgs, device: Device) -> Result<()> {
-    let model = a.model.load(device)?;
+    let (model, input_size) = a.model.load(device)?;
     let cam =
         GroupCam { groups: a.groups, denoise: a.denoise, variant: a.variant, chunk: a.chunk, ..Default::default() };
-    let items = explain::explain_files(&model, &cam, &a.image, a.model.input_size, a.class)?;
+    let items = explain::explain_files(&model, &cam, &a.image, input_size, a.class)?;
     let pngs = explain::write(&items, &a.out)?;
     for (it, png) in items.iter().zip(&pngs) {
         let note = if it.constant { " (constant map)" } else { "" };
@@ -49,7 +50,7 @@ pub fn run(a: ExplainArgs, device: Device) -> Result<()> {
             it.input.display(),
             png.display(),
             it.class,
-            imagenet::class_name(it.class)
+            imagenet::name_for(it.class, model.num_classes())
         );
     }
     Ok(())

@@ -12,12 +12,12 @@ mod sanity;
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use tch::Device;
 
 use groupcam::choice;
-use groupcam::models::{Arch, Model};
+use groupcam::models::{Arch, HeadSpec, Model};
 
 #[derive(Parser)]
 #[command(name = "groupcam", version, about = "Group-CAM saliency maps, metrics and augmentation on libtorch")]
@@ -57,20 +57,51 @@ enum Command {
 /// The model arguments shared by the commands that load one.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// Architecture.
+    /// Architecture (default: read from --weights when it is a TorchScript archive).
     #[arg(long, value_parser = choice::parser::<Arch>())]
-    pub arch: Arch,
-    /// Weights: a torchvision .pth/.pt state dict, .safetensors or tch .ot.
+    pub arch: Option<Arch>,
+    /// Weights: a torchvision .pth/.pt state dict, .safetensors or tch .ot; or a TorchScript
+    /// archive exporting features(x) and head(a) (README, "Any model through TorchScript").
     #[arg(long)]
     pub weights: PathBuf,
-    /// Input size in pixels; images of exactly this size are used as they are.
-    #[arg(long, default_value_t = 224)]
-    pub input_size: u32,
+    /// Input size in pixels; images of exactly this size are used as they are (default: the
+    /// TorchScript module's input_size attribute, else 224).
+    #[arg(long)]
+    pub input_size: Option<u32>,
 }
 
 impl ModelArgs {
-    pub fn load(&self, device: Device) -> Result<Model> {
-        Model::load(self.arch, &self.weights, device)
+    /// The model and the input size to feed it.
+    pub fn load(&self, device: Device) -> Result<(Model, u32)> {
+        self.load_with(device, HeadSpec::default())
+    }
+
+    /// `load`, with the classifier replaced as `head` says (`Model::load_with`).
+    pub fn load_with(&self, device: Device, head: HeadSpec) -> Result<(Model, u32)> {
+        let arch = match self.arch.or_else(|| Arch::detect(&self.weights)) {
+            Some(a) => a,
+            None => bail!(
+                "--arch is needed: --weights {} is not a TorchScript archive, and a state dict does not name \
+                 its architecture",
+                self.weights.display()
+            ),
+        };
+        let model = Model::load_with(arch, &self.weights, device, head)?;
+        let size = model.input_size(self.input_size);
+        if arch == Arch::TorchScript {
+            // On stderr: stdout may be JSON (predict --json).
+            let prep = model.preprocessing();
+            let from = match (self.input_size, prep.input_size) {
+                (Some(_), _) => "--input-size",
+                (None, Some(_)) => "the module's input_size attribute",
+                (None, None) => "the default; the module has no input_size attribute",
+            };
+            eprintln!("{}; input size {size} ({from})", prep.describe());
+            if let Some(m) = prep.input_size.filter(|&m| self.input_size.is_some_and(|r| r as i64 != m)) {
+                eprintln!("note: the module was exported for input size {m}; a ViT accepts only its own");
+            }
+        }
+        Ok((model, size))
     }
 }
 

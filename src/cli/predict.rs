@@ -25,8 +25,8 @@ pub struct PredictArgs {
 }
 
 pub fn run(a: PredictArgs, device: Device) -> Result<()> {
-    let model = a.model.load(device)?;
-    let (x, _) = imageio::load_batch(&a.image, a.model.input_size, &model.input_norm())?;
+    let (model, input_size) = a.model.load(device)?;
+    let (x, _) = imageio::load_batch(&a.image, input_size, &model.input_norm())?;
     let preds = predict::topk(&model, &x.to_device(device), a.topk)?;
     if a.json {
         let out: Vec<_> = a

@@ -46,17 +46,9 @@ pub fn run(a: SanityArgs, device: Device) -> Result<()> {
     let opts = MethodOptions { chunk: a.chunk, rise_masks: Some(a.rise_masks) };
     let methods = methods::build_all(&a.methods, &opts).map_err(|e| anyhow::anyhow!("--methods: {e:#}"))?;
     let images = files::image_files(&a.images)?;
-    let model = a.model.load(device)?;
-    let r = sanity::check(
-        &model,
-        &a.model.weights,
-        &methods,
-        &images,
-        &a.modes,
-        a.seed,
-        a.model.input_size,
-        a.figure.is_some(),
-    )?;
+    let (model, input_size) = a.model.load(device)?;
+    let r =
+        sanity::check(&model, &a.model.weights, &methods, &images, &a.modes, a.seed, input_size, a.figure.is_some())?;
     print!("{}", r.text);
     files::write_json(&r.json, &a.json)?;
     println!("results: {}", a.json.display());

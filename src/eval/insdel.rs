@@ -313,7 +313,7 @@ pub fn evaluate(
                 let mut row = ImageInsdel {
                     image: path.display().to_string(),
                     class: cls[i],
-                    class_name: crate::imagenet::class_name(cls[i]),
+                    class_name: crate::imagenet::name_for(cls[i], model.num_classes()),
                     constant_map: exp.constant[i],
                     insertion_auc: None,
                     insertion_curve: None,

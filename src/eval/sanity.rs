@@ -119,10 +119,10 @@ pub struct Randomizer<'a> {
 
 impl<'a> Randomizer<'a> {
     pub fn new(trained: &'a Model, seed: i64) -> Result<Randomizer<'a>> {
-        let (arch, classes, device) = (trained.arch, trained.num_classes(), trained.device());
-        let work = Model::new(arch, classes, device);
+        let arch = trained.arch;
+        let work = trained.untrained()?;
         tch::manual_seed(seed);
-        let random = Model::new(arch, classes, device).vs.variables();
+        let random = trained.untrained()?.vs.variables();
         let layers = work.layers();
         let mut owner = Vec::new();
         for name in work.vs.variables().into_keys() {
@@ -321,7 +321,7 @@ pub fn check(
     let images: Vec<Value> = files
         .iter()
         .zip(&classes)
-        .map(|(f, &c)| json!({ "image": f.display().to_string(), "class": c, "class_name": crate::imagenet::class_name(c) }))
+        .map(|(f, &c)| json!({ "image": f.display().to_string(), "class": c, "class_name": crate::imagenet::name_for(c, model.num_classes()) }))
         .collect();
     let json = json!({
         "arch": model.arch.name(),

@@ -2,9 +2,13 @@
 //! and `head(A) -> logits`. Nothing outside this module knows an architecture.
 
 pub mod efficientnet_lite;
+pub mod head;
 pub mod resnet;
+pub mod torchscript;
 pub mod vgg;
 pub mod weights;
+
+pub use torchscript::{HeadSpec, Preprocessing};
 
 use std::cell::Cell;
 use std::path::Path;
@@ -97,6 +101,9 @@ pub enum Arch {
     Vgg16,
     Vgg19,
     EfficientNetLite0,
+    /// Any classifier exported as a TorchScript archive (`torchscript.rs`); not in `ALL`, as it
+    /// is loaded from its archive rather than built.
+    TorchScript,
 }
 
 /// What the crate knows of an architecture (timm's per-model `_cfg`).
@@ -175,6 +182,12 @@ impl Arch {
                 Normalization::TF_LITE,
                 "_fc.weight",
             ),
+            Arch::TorchScript => (
+                "torchscript",
+                |_, _| panic!("a TorchScript model is loaded from its archive (Model::load)"),
+                Normalization::IMAGENET,
+                "",
+            ),
         };
         ArchSpec { name, build, norm, classifier }
     }
@@ -190,17 +203,31 @@ impl Arch {
 
 crate::choice!(Arch);
 
+/// The input size when neither the user nor the model names one: torchvision's evaluation crop.
+pub const DEFAULT_INPUT_SIZE: u32 = 224;
+
+impl Arch {
+    /// The architecture a weights file's content names: a TorchScript archive is one; a state
+    /// dict does not say.
+    pub fn detect(path: &Path) -> Option<Arch> {
+        torchscript::is_archive(path).then_some(Arch::TorchScript)
+    }
+}
+
 impl FromStr for Arch {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         let norm = s.to_ascii_lowercase().replace('_', "-");
+        if norm == "torchscript" || norm == "jit" {
+            return Ok(Arch::TorchScript);
+        }
         for a in Arch::ALL {
             if a.name() == norm || a.name().replace('-', "") == norm.replace('-', "") {
                 return Ok(a);
             }
         }
         let names: Vec<_> = Arch::ALL.iter().map(|a| a.name()).collect();
-        bail!("unknown architecture '{s}'; expected one of {}", names.join(", "))
+        bail!("unknown architecture '{s}'; expected one of {}, torchscript", names.join(", "))
     }
 }
 
@@ -212,6 +239,24 @@ pub trait Backbone: Send {
     /// The network's layers with parameters, input to output: the units the sanity checks
     /// randomise (a conv with its BatchNorm, a residual or MBConv block, a linear layer).
     fn layers(&self) -> Vec<Layer>;
+    /// Preprocessing that travels with the network (a TorchScript module's attributes).
+    fn preprocessing(&self) -> Option<Preprocessing> {
+        None
+    }
+    /// The archive a scripted network was loaded from, and the head change applied to it.
+    fn archive(&self) -> Option<(&Path, HeadSpec)> {
+        None
+    }
+    /// Ok when the store holds the whole state a training run changes, so that checkpoints
+    /// resume it exactly (a built-in network's store is its state).
+    fn check_checkpointable(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Whether `features_t` and `head_t` in eval mode may run on several threads at once (a
+    /// built-in network's write nothing; a scripted one says so in an attribute).
+    fn concurrent_eval(&self) -> bool {
+        true
+    }
 }
 
 /// A unit of a network: its name and the state-dict prefixes of its variables (each ends with '.').
@@ -234,7 +279,8 @@ impl Layer {
     }
 
     pub fn owns(&self, var: &str) -> bool {
-        self.prefixes.iter().any(|p| var.starts_with(p.as_str()))
+        // A prefix also owns the variable of its own name (a ViT's `class_token`).
+        self.prefixes.iter().any(|p| var.starts_with(p.as_str()) || p.strip_suffix('.') == Some(var))
     }
 }
 
@@ -258,11 +304,59 @@ impl Model {
     /// Builds the architecture and loads weights from a torchvision `.pth`/`.pt` state dict,
     /// a `.safetensors` or a tch `.ot` file; the class count is read from the file.
     pub fn load(arch: Arch, path: &Path, device: Device) -> Result<Model> {
-        let tensors = weights::read(path)?;
-        let classes = weights::classifier_classes(arch, &tensors, path)?;
+        Model::load_with(arch, path, device, HeadSpec::default())
+    }
+
+    /// `load`, with the head replaced by a fresh `head.num_classes`-way layer when `head.reset`
+    /// (`head.rs`); a TorchScript archive when `arch` is `TorchScript`.
+    pub fn load_with(arch: Arch, path: &Path, device: Device, head: HeadSpec) -> Result<Model> {
+        if arch == Arch::TorchScript {
+            let vs = nn::VarStore::new(device);
+            let (net, classes) = torchscript::load(path, device, &vs, head)?;
+            return Ok(Model { arch, vs, net: Box::new(net), classes, training: Cell::new(false) });
+        }
+        if torchscript::is_archive(path) {
+            bail!("{} is a TorchScript archive, not a {arch} state dict: use --arch torchscript", path.display());
+        }
+        let mut tensors = weights::read(path)?;
+        let classes = head::classes(arch, &tensors, path, head)?;
         let mut model = Model::new(arch, classes, device);
+        head::keep_fresh_head(arch, &model.vs, &mut tensors, classes)?;
         weights::assign(&mut model.vs, tensors, path, arch)?;
         Ok(model)
+    }
+
+    /// The same network before training: a built-in one freshly built, a TorchScript one
+    /// reloaded from its archive with every variable re-initialised (`torchscript::reinitialise`).
+    pub fn untrained(&self) -> Result<Model> {
+        match self.net.archive() {
+            Some((path, head)) => {
+                let model = Model::load_with(Arch::TorchScript, path, self.device(), head)?;
+                torchscript::reinitialise(&model.vs);
+                Ok(model)
+            }
+            None => Ok(Model::new(self.arch, self.classes, self.device())),
+        }
+    }
+
+    /// The input size to use: the one asked for, else the module's `input_size` attribute (a
+    /// scripted model), else [`DEFAULT_INPUT_SIZE`].
+    pub fn input_size(&self, requested: Option<u32>) -> u32 {
+        requested.or(self.preprocessing().input_size.map(|s| s as u32)).unwrap_or(DEFAULT_INPUT_SIZE)
+    }
+
+    /// What preprocessing the model uses and where it comes from, for the output.
+    pub fn preprocessing(&self) -> Preprocessing {
+        self.net.preprocessing().unwrap_or(Preprocessing {
+            norm: self.arch.input_norm(),
+            input_size: None,
+            from_module: false,
+        })
+    }
+
+    /// See `Backbone::check_checkpointable`: called before a fine-tuning run writes anything.
+    pub fn check_checkpointable(&self) -> Result<()> {
+        self.net.check_checkpointable()
     }
 
     /// The layers with parameters, input to output (see `Backbone::layers`).
@@ -285,7 +379,7 @@ impl CamModel for Model {
         self.training.set(on)
     }
     fn input_norm(&self) -> Normalization {
-        self.arch.input_norm()
+        self.preprocessing().norm
     }
     fn num_classes(&self) -> i64 {
         self.classes
@@ -297,7 +391,8 @@ impl CamModel for Model {
         self.vs.device()
     }
     fn concurrent(&self) -> Option<&dyn ConcurrentEval> {
-        Some(self)
+        // A scripted module's only if it says so (torchscript.rs).
+        self.net.concurrent_eval().then_some(self as &dyn ConcurrentEval)
     }
 }
 

@@ -50,6 +50,9 @@ pub struct Meta {
     #[serde(default)]
     pub loss_scale_clean_steps: u64,
     pub arch: String,
+    /// The class names, head index order (the ImageFolder's sorted folders, as torchvision's).
+    #[serde(default)]
+    pub classes: Vec<String>,
 }
 
 pub fn save(path: &Path, vs: &nn::VarStore, sgd: &Sgd, saliency: Option<&Tensor>, meta: &Meta) -> Result<()> {

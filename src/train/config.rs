@@ -17,6 +17,9 @@ pub struct Config {
     /// Starting weights (a torchvision state dict, safetensors or .ot); random init when absent.
     #[serde(default)]
     pub weights: Option<PathBuf>,
+    /// The classifier's class count and whether a different one replaces the head.
+    #[serde(default)]
+    pub model: ModelConfig,
     pub data: DataConfig,
     #[serde(default)]
     pub train: TrainConfig,
@@ -34,6 +37,17 @@ pub struct Config {
     /// Data-parallel settings (timeouts, weight checks, buckets) for runs on several ranks.
     #[serde(default)]
     pub dist: crate::dist::DistConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Classes of the head (default: the weights' count; with `reset_head`, the class folders').
+    #[serde(default)]
+    pub num_classes: Option<i64>,
+    /// Replace a classifier of another class count by a fresh one (torchvision's initialisation).
+    #[serde(default)]
+    pub reset_head: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -300,6 +314,9 @@ impl Config {
     /// Values and paths, checked before any work starts.
     pub fn validate(&self) -> Result<()> {
         super::validate::ranges(self)?;
+        if self.arch == Arch::TorchScript && self.weights.is_none() {
+            bail!("key 'weights': arch torchscript needs the archive (weights: model.pt)");
+        }
         let t = &self.train;
         if let Some(p) = &self.pretrain {
             if p.epochs >= t.epochs {

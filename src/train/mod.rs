@@ -166,19 +166,34 @@ impl Loaders {
 
 /// The starting model: the config's weights, or a seeded random initialisation.
 fn build_model(cfg: &Config, classes: i64, data_root: &Path, device: Device) -> Result<Model> {
+    if let Some(n) = cfg.model.num_classes.filter(|&n| n != classes) {
+        bail!("key 'model.num_classes' is {n} but {} has {classes} class folders", data_root.display());
+    }
+    // One output per class folder (model.num_classes, when given, is checked equal above), so
+    // that a weights file of another count is refused naming its classifier, or reset.
+    let head = crate::models::HeadSpec { num_classes: Some(classes), reset: cfg.model.reset_head };
+    // Seeded for a random initialisation and for a reset head alike, so that a run repeats.
+    tch::manual_seed(cfg.train.seed as i64);
     let model = match &cfg.weights {
-        Some(w) => Model::load(cfg.arch, w, device)?,
-        None => {
-            tch::manual_seed(cfg.train.seed as i64);
-            Model::new(cfg.arch, classes, device)
-        }
+        Some(w) => Model::load_with(cfg.arch, w, device, head)?,
+        None => Model::new(cfg.arch, classes, device),
     };
     if model.num_classes() != classes {
         bail!(
-            "the weights have {} classes but {} has {classes} class folders",
+            "the weights have {} classes but {} has {classes} class folders \
+             (set model.reset_head: true to replace the classifier)",
             model.num_classes(),
             data_root.display()
         );
+    }
+    model.check_checkpointable()?;
+    if cfg.arch == crate::models::Arch::TorchScript {
+        let prep = model.preprocessing();
+        let size = cfg.data.input_size;
+        println!("{}; input size {size} (data.input_size)", prep.describe());
+        if let Some(m) = prep.input_size.filter(|&m| m != size as i64) {
+            println!("note: the module was exported for input size {m}; a ViT accepts only its own");
+        }
     }
     Ok(model)
 }
@@ -387,13 +402,17 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     // Join the group first: a bad launch fails before any work.
     let group = launch.map(|l| Group::new(&l.rv, device, cfg.dist.timeout())).transpose()?;
 
-    let loaders = Loaders::build(cfg)?;
+    let mut loaders = Loaders::build(cfg)?;
     let mut model = build_model(cfg, loaders.num_classes(), &loaders.train.data.root, device)?;
+    // A scripted model's preprocessing comes with it.
+    (loaders.train.norm, loaders.val.norm) = (model.input_norm(), model.input_norm());
+    let class_names = loaders.train.data.classes.clone();
     let mut sgd = Sgd::new(&model.vs, cfg.train.momentum, cfg.train.weight_decay);
     let mut meta = Meta {
         loss_scale: cfg.train.initial_loss_scale.unwrap_or(LossScaler::INITIAL),
         arch: cfg.arch.name().to_string(),
         best_top1: -1.0,
+        classes: class_names.clone(),
         ..Default::default()
     };
     let mut prev_maps = None;
@@ -407,6 +426,9 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
                 m.epoch,
                 cfg.train.epochs
             );
+        }
+        if !m.classes.is_empty() && m.classes != class_names {
+            bail!("{} was trained on the classes {:?}, the data has {:?}", r.display(), m.classes, class_names);
         }
         if main {
             println!("resumed from {} after epoch {}", r.display(), m.epoch);
@@ -686,8 +708,14 @@ impl Run<'_> {
 
 /// Final weights in torchvision's names and the report.
 fn write_outputs(model: &Model, meta: &Meta, out: &Path) -> Result<()> {
-    weights::save_torchvision(&model.vs, &out.join("final.safetensors"), meta.step as i64)?;
-    crate::atomic::write_bytes(&out.join("report.md"), report::render(&meta.history, None, out, None).as_bytes())?;
+    let final_path = out.join("final.safetensors");
+    weights::save_torchvision(&model.vs, &final_path, meta.step as i64)?;
+    // The class names by head index travel with the weights and the report.
+    let classes = &meta.classes;
+    crate::models::head::add_safetensors_metadata(&final_path, &[("classes", serde_json::to_string(classes)?)])?;
+    let mut report_md = report::render(&meta.history, None, out, None);
+    report_md.push_str(&report::classes_section(classes));
+    crate::atomic::write_bytes(&out.join("report.md"), report_md.as_bytes())?;
     println!("final weights: {}", out.join("final.safetensors").display());
     println!("report: {}", out.join("report.md").display());
     Ok(())

@@ -110,3 +110,12 @@ pub fn render(
     }
     s
 }
+
+/// The class names by head index, for the report.
+pub fn classes_section(classes: &[String]) -> String {
+    let mut s = format!("\n## Classes\n\n{} classes, head index: name\n\n", classes.len());
+    for (i, c) in classes.iter().enumerate() {
+        let _ = writeln!(s, "- {i}: {c}");
+    }
+    s
+}

@@ -32,6 +32,10 @@ pub fn ranges(cfg: &Config) -> Result<()> {
     count("data.workers", d.workers as i64, 1, MAX_THREADS)?;
     count("data.prefetch", d.prefetch as i64, 1, 4096)?;
 
+    if let Some(n) = cfg.model.num_classes {
+        count("model.num_classes", n, 1, 1 << 20)?;
+    }
+
     let t = &cfg.train;
     count("train.epochs", t.epochs as i64, 1, 1_000_000)?;
     count("train.batch_size", t.batch_size as i64, 1, 1 << 20)?;

@@ -4,6 +4,7 @@ Every command writes .npy / weight files into --out; nothing is downloaded.
 """
 import argparse
 import os
+from typing import Dict
 
 import numpy as np
 import torch
@@ -98,10 +99,17 @@ def minmax(m):
 
 def groupcam_reference(model, x, cls, groups, denoise, variant):
     """Group-CAM as the foundation issue specifies it, one image and one group at a time."""
+    head = lambda a: model._fc(model._dropout(model._avg_pooling(a).flatten(1)))
+    return groupcam_split(model.extract_features, head, x, cls, groups, denoise, variant)
+
+
+def groupcam_split(features, head, x, cls, groups, denoise, variant):
+    """The reference on any features/head split (the model is head(features(x)))."""
     _, _, h, w = x.shape
+    model = lambda x: head(features(x))
     with torch.enable_grad():
-        a = model.extract_features(x).detach().requires_grad_(True)
-        logits = model._fc(model._dropout(model._avg_pooling(a).flatten(1)))
+        a = features(x).detach().requires_grad_(True)
+        logits = head(a)
         if cls is None:
             cls = int(logits.argmax(1))
         (grad,) = torch.autograd.grad(logits[0, cls], a)
@@ -162,6 +170,163 @@ def cmd_legacy(a):
     torch.save(model.state_dict(), a.out, _use_new_zipfile_serialization=False)
 
 
+def readme_recipes(readme, out):
+    """The README's TorchScript recipes (the python blocks after `<!-- recipe: ... -->`), written
+    as they are to one module in `out` (TorchScript reads the source of what it compiles)."""
+    import importlib.util
+    text = open(readme).read()
+    blocks = []
+    for name in ("cnn", "vit"):
+        start = text.index("```python", text.index(f"<!-- recipe: {name} -->")) + len("```python")
+        blocks.append(text[start:text.index("```", start)])
+    path = os.path.join(out, "readme_recipes.py")
+    with open(path, "w") as f:
+        f.write("\n".join(blocks))
+    spec = importlib.util.spec_from_file_location("readme_recipes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return vars(module)
+
+
+def scale_logits(model, x, gen):
+    # Logits of order 10, so that the 1e-4 tolerance on them means something.
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    if not last.weight.any():  # torchvision's ViT starts with a zero head
+        last.weight.copy_(torch.randn(last.weight.shape, generator=gen) * 0.02)
+    scale = 10.0 / float(model(x).abs().max())
+    last.weight.mul_(scale)
+    last.bias.mul_(scale)
+
+
+def randomise_norms(model, gen, size):
+    """Random affine norms and BatchNorm statistics measured on random images: non-trivial
+    eval-mode statistics that keep a deep random network's activations alive."""
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm, torchvision.models.convnext.LayerNorm2d)):
+            m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+            m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    model(torch.rand(8, 3, size, size, generator=gen))
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 0.1
+
+
+def cmd_script_models(a):
+    """Exports with the README's recipes: two torchvision CNNs that are not built in, a tiny ViT
+    and a ResNet-50 (also as a torchvision state dict), with inputs, logits and Group-CAM
+    reference maps of the scripted modules; and archives that are wrong in known ways."""
+    os.makedirs(a.out, exist_ok=True)
+    ns = readme_recipes(a.readme, a.out)
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    tv = torchvision.models
+    vit = tv.VisionTransformer(image_size=64, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                               mlp_dim=64, num_classes=a.classes)
+    models = {
+        "mobilenet_v3_large": (tv.mobilenet_v3_large(num_classes=a.classes), 96),
+        "convnext_tiny": (tv.convnext_tiny(num_classes=a.classes), 96),
+        "vit": (vit, 64),
+        "resnet50": (tv.resnet50(num_classes=a.classes), 64),
+    }
+    for name, (model, size) in models.items():
+        randomise_norms(model, gen, size)
+        x = torch.randn(2, 3, size, size, generator=gen)
+        scale_logits(model, x, gen)
+        path = os.path.join(a.out, f"{name}.pt")
+        if name == "vit":
+            ns["export_vit"](model, path)
+        else:
+            ns["export_cnn"](model, path, input_size=size)
+        scripted = torch.jit.load(path)
+        save_npy(os.path.join(a.out, f"{name}-input.npy"), x)
+        save_npy(os.path.join(a.out, f"{name}-logits.npy"), scripted(x))
+        # The first class whose map is not constant (random weights can leave every group
+        # below the blurred baseline's score), so that the comparison means something.
+        for cls in range(a.classes):
+            m, _ = groupcam_split(scripted.features, scripted.head, x[:1], cls, 8, None, "official")
+            if m.max() > m.min():
+                break
+        save_npy(os.path.join(a.out, f"{name}-map.npy"), m)
+        np.save(os.path.join(a.out, f"{name}-class.npy"), np.array([cls], dtype=np.int64))
+        if name == "resnet50":
+            torch.save(model.state_dict(), os.path.join(a.out, "resnet50.pth"))
+    # Archives that break the contract, each in one way.
+    class NoFeatures(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 4)
+
+        def forward(self, x):
+            return self.fc(x.mean((2, 3)))
+
+    class Flat(NoFeatures):
+        @torch.jit.export
+        def features(self, x):
+            return x.mean((2, 3))
+
+        @torch.jit.export
+        def head(self, a):
+            return self.fc(a)
+
+    class BadHead(NoFeatures):
+        @torch.jit.export
+        def features(self, x):
+            return x
+
+        @torch.jit.export
+        def head(self, a):
+            return self.fc(a.mean((1, 2, 3)).unsqueeze(1).expand(-1, 3)).sum(1)
+
+    for name, cls in (("no-features", NoFeatures), ("features-2d", Flat), ("head-1d", BadHead)):
+        torch.jit.script(cls()).save(os.path.join(a.out, f"{name}.pt"))
+
+    # For fine-tuning: an ImageNet-sized (1000-way) ResNet-18 with non-trivial BatchNorm
+    # statistics, whose head the run resets to the data's class count.
+    r18 = tv.resnet18(num_classes=1000)
+    randomise_norms(r18, gen, 48)
+    ns["export_cnn"](r18, os.path.join(a.out, "resnet18-1000.pt"), input_size=48)
+
+    # The recipe's Split as it was with `dict(self.named_buffers())`, which TorchScript does
+    # not recurse: its BatchNorm statistics are out of reach of the checkpoints.
+    class FlatBuffers(ns["Split"]):
+        def __init__(self, body, top):
+            super().__init__(body, top)
+            self.concurrent_eval = False
+
+        @torch.jit.export
+        def state_buffers(self) -> Dict[str, torch.Tensor]:
+            return dict(self.named_buffers())
+
+    small = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    top = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(1), torch.nn.Linear(4, a.classes))
+    torch.jit.script(FlatBuffers(small, top)).save(os.path.join(a.out, "flat-buffers.pt"))
+
+
+def cmd_export(a):
+    """A torchvision classifier (random weights) exported with the README's recipe, e.g. the
+    ResNet-50 archive of `groupcam bench torchscript`."""
+    ns = readme_recipes(a.readme, __import__("tempfile").mkdtemp())
+    model = getattr(torchvision.models, a.arch)(num_classes=a.classes)
+    ns["export_cnn"](model, a.out, input_size=a.size)
+
+
+def cmd_load_split(a):
+    """Loads a final.safetensors strictly into the README recipe's (eager) Split of a torchvision
+    model, as the README says; its eval-mode logits."""
+    from safetensors.torch import load_file
+    ns = readme_recipes(a.readme, __import__("tempfile").mkdtemp())
+    model = getattr(torchvision.models, a.arch)(num_classes=a.classes)
+    module = ns["Split"](*ns["split"](model))
+    module.load_state_dict(load_file(a.weights), strict=True)
+    module.eval()
+    save_npy(a.out, module(torch.from_numpy(np.load(a.input))))
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -202,6 +367,26 @@ def main():
     s.add_argument("--input", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_load_final)
+    s = sub.add_parser("script-models")
+    s.add_argument("--readme", required=True)
+    s.add_argument("--classes", type=int, default=10)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_script_models)
+    s = sub.add_parser("export")
+    s.add_argument("--readme", default=os.path.join(os.path.dirname(__file__), "..", "..", "README.md"))
+    s.add_argument("--arch", required=True)
+    s.add_argument("--classes", type=int, default=1000)
+    s.add_argument("--size", type=int, default=224)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_export)
+    s = sub.add_parser("load-split")
+    s.add_argument("--readme", required=True)
+    s.add_argument("--arch", required=True)
+    s.add_argument("--classes", type=int, required=True)
+    s.add_argument("--weights", required=True)
+    s.add_argument("--input", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_load_split)
     s = sub.add_parser("cmyk")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=lambda a: __import__("PIL.Image").Image.new("CMYK", (40, 30), (10, 200, 30, 0)).save(a.out, "JPEG"))
