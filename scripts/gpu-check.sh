@@ -113,9 +113,9 @@ step dist-nccl "$bin" finetune --quiet --nproc 1 --config "$out/r50-plain.yaml" 
 if [ -z "${QUICK:-}" ]; then
     # 3. Benchmarks: the trainer's step with AMP, the loader's workers, explain.
     step bench-train-amp "$bin" --device cuda bench train --amp --batch 256 --workers 1 --images 32
-    # The loader on ImageNet-like JPEGs with 8 and 16 workers (16 cores there); torchvision's
-    # side runs when the device's Python has torchvision.
-    step bench-loader "$bin" bench loader --workers 8,16 --images 2048 --reps 3 --python "$py"
+    # The loader on ImageNet-like JPEGs with 8 and 16 workers (16 cores there; the device's
+    # venv may lack torchvision, so its side is measured here on the CPU, BENCHMARKS.md).
+    step bench-loader "$bin" bench loader --workers 8,16 --images 2048 --reps 3 --no-torchvision
     step bench-explain "$bin" --device cuda bench explain --reps 10
     step bench-augment "$bin" --device cuda bench augment
 fi
