@@ -63,14 +63,18 @@ impl EventLog {
         if on_error == OnError::Off {
             return Ok(EventLog { sink: None, path: dir.to_path_buf(), on_error, warning: None });
         }
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the TensorBoard folder {}", dir.display()))?;
         let secs = wall_time();
         let host = hostname();
         let path = dir.join(format!("events.out.tfevents.{:010}.{host}.{}.0", secs as u64, std::process::id()));
-        let file =
-            File::create(&path).with_context(|| format!("cannot create the TensorBoard log {}", path.display()))?;
-        EventLog::with_writer(Box::new(BufWriter::new(file)), path, on_error)
+        // Creating the file fails as a write does: an error, or under `continue` one warning.
+        match std::fs::create_dir_all(dir).and_then(|_| File::create(&path)) {
+            Ok(f) => EventLog::with_writer(Box::new(BufWriter::new(f)), path, on_error),
+            Err(e) => {
+                let mut log = EventLog { sink: None, path, on_error, warning: None };
+                log.outcome(Err(e))?;
+                Ok(log)
+            }
+        }
     }
 
     /// A log over any writer (`path` only names it in messages); starts with the version record.
@@ -257,6 +261,20 @@ mod tests {
         let e = first_error.expect("the writes past 200 bytes fail");
         assert!(e.contains("tb/events") && e.contains("train.tensorboard: continue"), "{e}");
         assert!(!l.is_writing());
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_created_is_an_error_or_a_warning() {
+        let dir = std::env::temp_dir().join(format!("groupcam-tb-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let blocker = dir.join("tb");
+        std::fs::write(&blocker, b"a file where the folder should be").unwrap();
+        let e = EventLog::create(&blocker, OnError::Stop).err().expect("no folder, no log");
+        assert!(format!("{e:#}").contains("cannot write the TensorBoard log"), "{e:#}");
+        let mut l = EventLog::create(&blocker, OnError::Continue).unwrap();
+        assert!(!l.is_writing() && l.take_warning().is_some());
+        l.scalar("x", 1.0, 0).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
