@@ -30,9 +30,17 @@ fn tiny(dir: &Path) -> PathBuf {
     p
 }
 
+/// `finetune --quiet ARGS`: exit code and stderr.
 fn finetune(args: &[&str]) -> (i32, String) {
+    let (rc, _, err) = finetune_out(args);
+    (rc, err)
+}
+
+/// `finetune --quiet ARGS`: exit code, stdout and stderr.
+fn finetune_out(args: &[&str]) -> (i32, String, String) {
     let o = bin().arg("finetune").arg("--quiet").args(args).output().unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr))
 }
 
 /// Case 4, 11, 12: every numeric key's range, named by its path, before anything is created.
@@ -267,12 +275,6 @@ fn cli_bounds_and_inputs_are_safe() {
     assert!(groupcam::imageio::check_input_size(100000).is_err() && groupcam::imageio::check_input_size(0).is_err());
     let e = groupcam::atomic::check_not_inputs(&[coffee.clone()], &[coffee.clone()]).unwrap_err().to_string();
     assert!(e.contains("overwrite the input"), "{e}");
-}
-
-fn finetune_out(args: &[&str]) -> (i32, String, String) {
-    let o = bin().arg("finetune").arg("--quiet").args(args).output().unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr))
 }
 
 fn history(run: &Path) -> Vec<serde_json::Value> {
