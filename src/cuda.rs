@@ -61,3 +61,14 @@ mod tests {
         assert_eq!(super::chunk_for(2 * gib, 112 * 112), 256);
     }
 }
+
+/// An uninitialised `dims` tensor of bytes in page-locked host memory, whose copy to a GPU can
+/// be non-blocking (the caching host allocator keeps the block until that copy is done). Needs
+/// a CUDA device; an error (libtorch's message) without one.
+pub fn empty_pinned_u8(dims: &[i64]) -> anyhow::Result<tch::Tensor> {
+    let mut out: *mut c_void = std::ptr::null_mut();
+    crate::dist::ffi::check(unsafe { crate::dist::ffi::gc_empty_pinned_u8(dims.as_ptr(), dims.len(), &mut out) })
+        .map_err(|e| anyhow::anyhow!("cannot allocate page-locked memory for a {dims:?} batch: {e}"))?;
+    // SAFETY: on success the shim returns a new heap at::Tensor, which tch owns and frees.
+    Ok(unsafe { tch::Tensor::from_ptr(out as *mut _) })
+}

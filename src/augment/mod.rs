@@ -31,6 +31,7 @@
 //! The measured cost of each speed option (score resolution, apply probability, f16) is in
 //! BENCHMARKS.md, "Augmentation" (`groupcam bench augment`).
 
+pub mod cache;
 mod mask;
 pub mod preview;
 
@@ -222,6 +223,20 @@ impl GroupCamAugment {
             bail!("label {c} is out of range: the model has {classes} classes (0..{})", classes - 1);
         }
         Ok(labels)
+    }
+
+    /// Each image's map for its label (m x 1 x H x W in [0, 1]) and whether it came out
+    /// constant: the map step of [`GroupCamAugment::augment`] on every image, with no draw, mask
+    /// or blend (the saliency cache's refresh pass). `labels` as for `augment`.
+    pub fn maps_for(&self, model: &dyn CamModel, images: &Tensor, labels: &Tensor) -> Result<(Tensor, Vec<bool>)> {
+        tch::no_grad(|| {
+            let (_, _, h, w) = images.size4()?;
+            let labels = self.check(model, images, labels)?;
+            let cam = self.explainer(images.device(), h * w, self.score_dims(h, w));
+            let blurred = cam.blur.apply(images)?;
+            let (maps, constant) = self.maps(&cam, model, images, &blurred, &labels)?;
+            Ok((maps, Vec::<bool>::try_from(constant.to_device(Device::Cpu))?))
+        })
     }
 
     /// The images to augment, in order: a random subset of floor(pB) or ceil(pB) images (the

@@ -121,6 +121,8 @@ fn loader(data: &ImageFolder, b: &LoaderBench, workers: usize) -> Loader {
         workers,
         prefetch: 2 * workers.max(1),
         seed: 0,
+        pin_memory: false,
+        saliency: None,
     }
 }
 
@@ -128,7 +130,8 @@ fn loader(data: &ImageFolder, b: &LoaderBench, workers: usize) -> Loader {
 fn epoch_images(loader: &Loader, make: MakeBatch) -> Result<i64> {
     let mut n = 0;
     for b in loader.epoch_with(0, 0, make) {
-        n += std::hint::black_box(b?).images.size()[0];
+        // Normalised as a CPU run does, so that every side ends in the model's f32 input.
+        n += std::hint::black_box(b?.images(tch::Device::Cpu)).size()[0];
     }
     Ok(n)
 }
@@ -359,11 +362,12 @@ fn breakdown(data: &ImageFolder, b: &LoaderBench) -> Result<(Table, PixelDiff)> 
     let mut new_norm = || -> Result<()> {
         let plane = 3 * s * s;
         for chunk in new_out.chunks(batch) {
-            let mut buf = vec![0f32; chunk.len() * plane];
+            let mut buf = vec![0u8; chunk.len() * plane];
             for ((px, flip), dst) in chunk.iter().zip(buf.chunks_exact_mut(plane)) {
-                transforms::write_normalized(px, s, *flip, &norm, dst);
+                transforms::write_bytes(px, s, *flip, dst);
             }
-            drop(std::hint::black_box(Tensor::from_slice(&buf).view([chunk.len() as i64, 3, s as i64, s as i64])));
+            let bytes = Tensor::from_slice(&buf).view([chunk.len() as i64, 3, s as i64, s as i64]);
+            drop(std::hint::black_box(transforms::normalize_bytes(&bytes, &norm)));
         }
         Ok(())
     };

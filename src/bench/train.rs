@@ -52,11 +52,13 @@ pub fn run(b: &TrainBench, device: Device) -> Result<Report> {
             workers: w,
             prefetch: 8,
             seed: 0,
+            pin_memory: false,
+            saliency: None,
         };
         let t = Instant::now();
         let mut got = 0i64;
         for b in loader.epoch(0, 0) {
-            got += b?.images.size()[0];
+            got += b?.images(tch::Device::Cpu).size()[0];
         }
         let s = t.elapsed().as_secs_f64();
         loader_t.push(vec![

@@ -105,6 +105,9 @@ pub struct AugmentArgs {
     /// The fast setting's apply probability.
     #[arg(long, default_value_t = 0.5)]
     fast_probability: f64,
+    /// The cached setting's map side (augment.cache_size).
+    #[arg(long, default_value_t = 56)]
+    cache_size: u32,
     /// Timed repetitions after one warm-up, interleaved across the settings.
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -238,6 +241,7 @@ pub fn run(cmd: BenchCommand, device: Device) -> Result<()> {
                     input_size: a.input_size,
                     fast_score_size: a.fast_score_size,
                     fast_probability: a.fast_probability,
+                    cache_size: a.cache_size,
                     reps: a.reps,
                 },
                 device,

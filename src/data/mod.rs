@@ -14,7 +14,7 @@ use crossbeam_channel::{bounded, unbounded};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::models::Normalization;
 
@@ -84,13 +84,49 @@ pub enum Transform {
     Train { size: u32, scale: (f64, f64), ratio: (f64, f64), flip: f64 },
     /// Resize(shorter side `resize`) + CenterCrop(size).
     Eval { size: u32, resize: u32 },
+    /// The whole image resized to size x size (the saliency cache's refresh pass).
+    Whole { size: u32 },
 }
 
-/// A batch: normalised images (N x 3 x S x S), labels, and the files that could not be decoded.
+/// A batch: the images as bytes, labels, and the files that could not be decoded.
 pub struct Batch {
-    pub images: Tensor,
+    /// N x 3 x S x S bytes, RGB after the transform's crop and flip, not normalised: a quarter
+    /// of the f32 batch's bytes to copy to a GPU. In page-locked memory when the loader pins.
+    pub pixels: Tensor,
     pub labels: Tensor,
     pub skipped: Vec<(PathBuf, String)>,
+    /// What [`Batch::images`] normalises with.
+    pub norm: Normalization,
+    /// With a saliency cache: each image's mask S (N x 1 x S x S bytes, 1 = keep), cut from its
+    /// cached map with the image's own crop and flip (`augment::cache`).
+    pub masks: Option<Tensor>,
+    /// Images whose mask hides some pixels (the others pass through unchanged).
+    pub masked: usize,
+    pinned: bool,
+}
+
+impl Batch {
+    /// The images on `device`, normalised there: copied as bytes (non-blocking from page-locked
+    /// memory, so the copy overlaps the GPU's work), then converted.
+    pub fn images(&self, device: Device) -> Tensor {
+        let x = self.pixels.to_device_(device, Kind::Uint8, self.pinned && device.is_cuda(), false);
+        transforms::normalize_bytes(&x, &self.norm)
+    }
+
+    /// The masks on `device` as 0/1 floats, when the loader cut them.
+    pub fn masks_on(&self, device: Device) -> Option<Tensor> {
+        self.masks
+            .as_ref()
+            .map(|m| m.to_device_(device, Kind::Uint8, self.pinned && device.is_cuda(), false).to_kind(Kind::Float))
+    }
+
+    pub fn len(&self) -> usize {
+        self.pixels.size()[0] as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Reads batches of one epoch. Shuffling and every random transform are seeded by
@@ -107,6 +143,11 @@ pub struct Loader {
     /// Batches decoded ahead of the consumer.
     pub prefetch: usize,
     pub seed: u64,
+    /// Build batches in page-locked memory (for a CUDA device; allocating it needs one).
+    pub pin_memory: bool,
+    /// Cached saliency maps (training with `augment.refresh` every k epochs): each batch then
+    /// carries its masks.
+    pub saliency: Option<std::sync::Arc<crate::augment::cache::SaliencyCache>>,
 }
 
 impl Loader {
@@ -206,18 +247,27 @@ impl Loader {
     /// The output side of the loader's transform.
     pub fn output_size(&self) -> u32 {
         match self.transform {
-            Transform::Train { size, .. } | Transform::Eval { size, .. } => size,
+            Transform::Train { size, .. } | Transform::Eval { size, .. } | Transform::Whole { size } => size,
         }
     }
 
-    /// Decodes the samples `idx` of `epoch` straight into one batch buffer; a file that cannot
-    /// be decoded is named in `skipped` and leaves no row.
+    /// Decodes the samples `idx` of `epoch` straight into one batch tensor (and, with a
+    /// saliency cache, cuts each image's mask); a file that cannot be decoded is named in
+    /// `skipped` and leaves no row.
     pub fn make_batch(&self, epoch: usize, idx: &[usize], scratch: &mut transforms::Scratch) -> Result<Batch> {
         let s = self.output_size() as usize;
         let plane = 3 * s * s;
-        let mut buf = vec![0f32; idx.len() * plane];
+        let pixels = self.bytes(&[idx.len() as i64, 3, s as i64, s as i64])?;
+        let masks = match &self.saliency {
+            Some(_) => Some(self.bytes(&[idx.len() as i64, 1, s as i64, s as i64])?),
+            None => None,
+        };
+        // SAFETY: fresh contiguous byte tensors that this thread alone holds until the batch is made.
+        let buf = unsafe { bytes_of(&pixels) };
+        let mut mask_buf = masks.as_ref().map(|m| unsafe { bytes_of(m) });
         let mut labels = Vec::new();
         let mut skipped = Vec::new();
+        let mut masked = 0;
         for &i in idx {
             let (path, label) = &self.data.samples[i];
             let n = labels.len();
@@ -225,34 +275,48 @@ impl Loader {
             let mut rng = self.sample_rng(epoch, i);
             // A decoder error is the file's fault (skipped and counted); a panic is the
             // transform's or its settings' (the run stops, naming the image it happened on).
-            let loaded = catch_unwind(AssertUnwindSafe(|| {
-                transforms::load_into(path, self.transform, &self.norm, &mut rng, scratch, dst)
-            }))
-            .map_err(|p| {
-                anyhow!(
-                    "the {:?} transform panicked on {}: {}",
-                    self.transform,
-                    path.display(),
-                    panic_message(p.as_ref())
-                )
-            })?;
+            let panicked = |p: Box<dyn std::any::Any + Send>| {
+                anyhow!("the {:?} transform panicked on {}: {}", self.transform, path.display(), panic_message(p.as_ref()))
+            };
+            let loaded = catch_unwind(AssertUnwindSafe(|| transforms::load_into(path, self.transform, &mut rng, scratch, dst)))
+                .map_err(panicked)?;
             match loaded {
-                Ok(()) => labels.push(*label),
+                Ok(placed) => {
+                    if let (Some(cache), Some(mb)) = (&self.saliency, mask_buf.as_mut()) {
+                        let dst = &mut mb[n * s * s..(n + 1) * s * s];
+                        let hides = catch_unwind(AssertUnwindSafe(|| cache.write_mask(i, &placed, &mut rng, dst)))
+                            .map_err(panicked)??;
+                        masked += usize::from(hides);
+                    }
+                    labels.push(*label)
+                }
                 Err(e) => skipped.push((path.clone(), format!("{e:#}"))),
             }
         }
-        let n = labels.len();
-        let images = if n == 0 {
-            Tensor::zeros([0, 3, 1, 1], (Kind::Float, tch::Device::Cpu))
+        let n = labels.len() as i64;
+        Ok(Batch {
+            pixels: pixels.narrow(0, 0, n),
+            labels: Tensor::from_slice(&labels),
+            skipped,
+            norm: self.norm,
+            masks: masks.map(|m| m.narrow(0, 0, n)),
+            masked,
+            pinned: self.pin_memory,
+        })
+    }
+
+    /// An uninitialised byte tensor, page-locked when the loader pins.
+    fn bytes(&self, dims: &[i64]) -> Result<Tensor> {
+        if self.pin_memory {
+            crate::cuda::empty_pinned_u8(dims)
         } else {
-            Tensor::from_slice(&buf[..n * plane]).view([n as i64, 3, s as i64, s as i64])
-        };
-        Ok(Batch { images, labels: Tensor::from_slice(&labels), skipped })
+            Ok(Tensor::empty(dims, (Kind::Uint8, Device::Cpu)))
+        }
     }
 
     /// The former batch maker, on `transforms::load_reference` (the image crate's decoder and
-    /// resize, one tensor per image, stacked and normalised): what `make_batch` is measured and
-    /// tested against. The same samples give the same boxes and flips.
+    /// resize, one tensor per image, stacked): what `make_batch` is measured and tested
+    /// against. The same samples give the same boxes and flips.
     pub fn make_batch_reference(
         &self,
         epoch: usize,
@@ -272,13 +336,36 @@ impl Loader {
                 Err(e) => skipped.push((path.clone(), format!("{e:#}"))),
             }
         }
-        let images = if images.is_empty() {
-            Tensor::zeros([0, 3, 1, 1], (Kind::Float, tch::Device::Cpu))
+        let s = self.output_size() as i64;
+        let pixels = if images.is_empty() {
+            Tensor::zeros([0, 3, s, s], (Kind::Uint8, Device::Cpu))
         } else {
-            self.norm.apply(&Tensor::stack(&images, 0))
+            // to_tensor's x / 255 times 255, rounded: the decoded bytes again.
+            (Tensor::stack(&images, 0) * 255.0).round().to_kind(Kind::Uint8)
         };
-        Ok(Batch { images, labels: Tensor::from_slice(&labels), skipped })
+        Ok(Batch {
+            pixels,
+            labels: Tensor::from_slice(&labels),
+            skipped,
+            norm: self.norm,
+            masks: None,
+            masked: 0,
+            pinned: false,
+        })
     }
+}
+
+/// The bytes of a contiguous uint8 CPU tensor, to write into.
+///
+/// # Safety
+/// No other reference to the tensor's storage may be used while the slice lives.
+unsafe fn bytes_of(t: &Tensor) -> &mut [u8] {
+    let n = t.numel();
+    if n == 0 {
+        return &mut [];
+    }
+    debug_assert!(t.kind() == Kind::Uint8 && t.is_contiguous());
+    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, n) }
 }
 
 /// A batch maker: the samples `idx` of an epoch into one batch, with a worker's scratch.

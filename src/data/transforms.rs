@@ -3,8 +3,10 @@
 //!
 //! The loader's path (`load_into`) decodes with `decode::read_rgb`, resizes the crop box straight
 //! from the decoded image with `fast_image_resize` (SIMD, fixed point; the same triangle filter
-//! widened by the scale factor as PIL's and the image crate's), and writes normalised floats into
-//! the batch. `load_reference` is the former path on the image crate, kept to measure against.
+//! widened by the scale factor as PIL's and the image crate's), and writes the bytes, channels
+//! first, into the batch; they are normalised where the model runs (`normalize_bytes`), so a
+//! GPU is sent a quarter of the f32 batch's bytes. `load_reference` is the former path on the
+//! image crate, kept to measure against.
 
 use std::path::Path;
 
@@ -13,7 +15,7 @@ use fast_image_resize as fir;
 use image::RgbImage;
 use image::imageops::FilterType;
 use rand::Rng;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use super::{Transform, decode};
 use crate::imageio;
@@ -44,6 +46,15 @@ pub fn params(width: u32, height: u32, t: Transform, rng: &mut impl Rng) -> Resu
             let flip = rng.random::<f64>() < flip;
             Ok(CropParams { x: x as f64, y: y as f64, w: w as f64, h: h as f64, size, flip, crop_first: true })
         }
+        Transform::Whole { size } => Ok(CropParams {
+            x: 0.0,
+            y: 0.0,
+            w: width as f64,
+            h: height as f64,
+            size,
+            flip: false,
+            crop_first: true,
+        }),
         Transform::Eval { size, resize } => {
             let (w, h) = (width as f64, height as f64);
             if width == size && height == size {
@@ -83,21 +94,28 @@ impl Scratch {
     }
 }
 
-/// Decodes and transforms one file into `dst`, 3 x S x S normalised floats (S = the transform's
-/// output side); `dst` is left as it was on an error.
+/// Where a sample's pixels came from: its crop and the decoded image's size.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Placed {
+    pub params: CropParams,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Decodes and transforms one file into `dst`, 3 x S x S bytes (S = the transform's output
+/// side); `dst` is left as it was on an error.
 pub fn load_into(
     path: &Path,
     t: Transform,
-    norm: &Normalization,
     rng: &mut impl Rng,
     scratch: &mut Scratch,
-    dst: &mut [f32],
-) -> Result<()> {
+    dst: &mut [u8],
+) -> Result<Placed> {
     let img = decode::read_rgb(path)?;
     let p = params(img.width(), img.height(), t, rng).with_context(|| format!("image {}", path.display()))?;
     crop_resize(&img, &p, scratch)?;
-    write_normalized(&scratch.out, p.size as usize, p.flip, norm, dst);
-    Ok(())
+    write_bytes(&scratch.out, p.size as usize, p.flip, dst);
+    Ok(Placed { params: p, width: img.width(), height: img.height() })
 }
 
 /// The crop box of `p` resized to `p.size` squared into `scratch.out` (RGB, row-major).
@@ -124,26 +142,37 @@ pub fn crop_resize(img: &RgbImage, p: &CropParams, scratch: &mut Scratch) -> Res
     Ok(())
 }
 
-/// `px` (S x S x 3 bytes) as 3 x S x S floats `(px / 255 - mean) / std`, mirrored if `flip`.
-pub fn write_normalized(px: &[u8], s: usize, flip: bool, norm: &Normalization, dst: &mut [f32]) {
+/// `px` (S x S x 3 bytes, row-major RGB) as 3 x S x S bytes, mirrored if `flip`.
+pub fn write_bytes(px: &[u8], s: usize, flip: bool, dst: &mut [u8]) {
     assert_eq!(dst.len(), 3 * s * s, "destination is not 3 x {s} x {s}");
     for c in 0..3 {
-        let a = (1.0 / (255.0 * norm.std[c])) as f32;
-        let b = (-norm.mean[c] / norm.std[c]) as f32;
         let plane = &mut dst[c * s * s..(c + 1) * s * s];
         for (y, row) in plane.chunks_exact_mut(s).enumerate() {
             let src = &px[y * s * 3..(y + 1) * s * 3];
             if flip {
                 for (o, p) in row.iter_mut().zip(src.chunks_exact(3).rev()) {
-                    *o = p[c] as f32 * a + b;
+                    *o = p[c];
                 }
             } else {
                 for (o, p) in row.iter_mut().zip(src.chunks_exact(3)) {
-                    *o = p[c] as f32 * a + b;
+                    *o = p[c];
                 }
             }
         }
     }
+}
+
+/// N x 3 x S x S bytes as the model's input, `(px / 255 - mean) / std` in f32, computed where
+/// `x` lies as `px * (1 / (255 std)) + (-mean / std)`: two f32 roundings per pixel, the same on
+/// every device, so a batch normalised on a GPU equals the CPU's bit for bit.
+pub fn normalize_bytes(x: &Tensor, norm: &Normalization) -> Tensor {
+    let out = x.to_kind(Kind::Float);
+    for c in 0..3 {
+        let a = 1.0 / (255.0 * norm.std[c]);
+        let b = -norm.mean[c] / norm.std[c];
+        let _ = out.narrow(1, c as i64, 1).g_mul_scalar_(a).g_add_scalar_(b);
+    }
+    out
 }
 
 /// The former path: the image crate's decoder, crop copy, `imageops::resize` and flip, to
@@ -167,6 +196,7 @@ pub fn reference_transform(img: &RgbImage, t: Transform, rng: &mut impl Rng) -> 
             out
         }
         Transform::Eval { size, resize } => imageio::eval_crop(img, size, resize)?,
+        Transform::Whole { size } => image::imageops::resize(img, size, size, FilterType::Triangle),
     })
 }
 

@@ -30,6 +30,7 @@ unsafe extern "C" {
     pub fn gc_autocast_exit(prev_enabled: c_int, prev_dtype: c_int);
     pub fn gc_autocast_state() -> c_int;
     pub fn gc_autocast_set_enabled(enabled: c_int);
+    pub fn gc_empty_pinned_u8(sizes: *const i64, n: usize, out: *mut *mut c_void) -> *mut c_char;
 }
 
 /// Ok, or the shim's error message (the string is freed here).

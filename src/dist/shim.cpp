@@ -186,4 +186,16 @@ int gc_autocast_state() {
   return at::autocast::get_autocast_dtype(at::kCUDA) == at::kBFloat16 ? 1 : 0;
 }
 
+// ---- page-locked host memory -------------------------------------------------------------
+
+// An uninitialised uint8 CPU tensor in page-locked memory, for non-blocking copies to a GPU
+// (tch cannot ask for pinned allocation; pinning a finished tensor would copy it once more).
+// Needs a CUDA device.
+char* gc_empty_pinned_u8(const int64_t* sizes, size_t n, void** out) {
+  return guarded([&] {
+    auto t = at::empty(at::IntArrayRef(sizes, n), at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+    *out = new at::Tensor(std::move(t));
+  });
+}
+
 }  // extern "C"

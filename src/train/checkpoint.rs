@@ -32,6 +32,12 @@ pub struct EpochRecord {
     pub seconds: f64,
     pub saliency_change: Option<f64>,
     pub saliency_delta: Option<f64>,
+    /// With cached maps (`augment.refresh: K`): K, and the 1-based epoch whose starting weights
+    /// the epoch's maps came from, so that the saliency change can be read beside them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_every: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maps_from_epoch: Option<usize>,
 }
 
 /// Everything besides tensors that a resumed run needs.

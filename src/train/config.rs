@@ -162,6 +162,63 @@ pub struct AugmentConfig {
     /// f32, or f16 (CUDA autocast) for the map's forwards.
     #[serde(default = "default_precision")]
     pub precision: Precision,
+    /// When the maps are computed: `batch` (at every step, for the batch's own crops: the
+    /// paper) or a number K: every K fine-tuning epochs for every whole training image, kept
+    /// in a cache that the crops are cut from (`augment::cache`).
+    #[serde(default)]
+    pub refresh: Refresh,
+    /// The cached maps' side in pixels (`refresh` every K epochs).
+    #[serde(default = "default_cache_size")]
+    pub cache_size: u32,
+}
+
+/// `augment.refresh`: `batch`, or every K epochs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Refresh {
+    #[default]
+    Batch,
+    Epochs(usize),
+}
+
+impl Refresh {
+    /// The refresh interval in epochs when the maps are cached.
+    pub fn every(self) -> Option<usize> {
+        match self {
+            Refresh::Batch => None,
+            Refresh::Epochs(k) => Some(k),
+        }
+    }
+}
+
+impl Serialize for Refresh {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Refresh::Batch => s.serialize_str("batch"),
+            Refresh::Epochs(k) => s.serialize_u64(*k as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Refresh {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Epochs(u64),
+            Name(String),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::Epochs(k)) => Ok(Refresh::Epochs(k as usize)),
+            Ok(Raw::Name(n)) if n == "batch" => Ok(Refresh::Batch),
+            Ok(Raw::Name(n)) => match n.parse::<u64>() {
+                Ok(k) => Ok(Refresh::Epochs(k as usize)),
+                Err(_) => Err(serde::de::Error::custom(format!(
+                    "'{n}' is not a refresh interval (expected batch, or a number of epochs)"
+                ))),
+            },
+            Err(_) => Err(serde::de::Error::custom("expected batch, or a number of epochs")),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -256,6 +313,9 @@ fn default_one() -> f64 {
 }
 fn default_threshold() -> Threshold {
     Threshold::ImageMean
+}
+fn default_cache_size() -> u32 {
+    56
 }
 fn default_precision() -> Precision {
     Precision::F32

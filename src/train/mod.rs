@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tch::{Device, Kind, Tensor};
 
-use crate::augment::GroupCamAugment;
+use crate::augment::{GroupCamAugment, cache};
 use crate::autocast::AutocastDtype;
 use crate::data::{ImageFolder, Loader, Transform};
 use crate::dist::{Ddp, Group, Launch, sampler};
@@ -144,6 +144,8 @@ impl Loaders {
             workers: cfg.data.workers,
             prefetch: cfg.data.prefetch,
             seed: cfg.train.seed,
+            pin_memory: false,
+            saliency: None,
         };
         if train.num_batches(0) == 0 {
             bail!("{} images are fewer than one batch of {} (drop_last)", train.data.len(), cfg.train.batch_size);
@@ -203,6 +205,8 @@ struct RunDir {
     out: PathBuf,
     checkpoints: PathBuf,
     saliency: PathBuf,
+    /// The saliency cache (`augment.refresh: K`).
+    cache: PathBuf,
 }
 
 /// The Ctrl-C error, naming the last checkpoint when there is one.
@@ -232,7 +236,8 @@ fn last_checkpoint(dir: &RunDir, epochs_done: usize) -> Option<String> {
 impl RunDir {
     fn create(cfg: &Config) -> Result<RunDir> {
         let dir = RunDir::of(cfg);
-        for d in [&dir.out, &dir.checkpoints, &dir.saliency] {
+        let cache = cfg.augment.enabled && cfg.augment.refresh.every().is_some();
+        for d in [&dir.out, &dir.checkpoints, &dir.saliency].into_iter().chain(cache.then_some(&dir.cache)) {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
         }
         crate::atomic::write_bytes(&dir.out.join("config.yaml"), serde_yaml::to_string(cfg)?.as_bytes())?;
@@ -242,7 +247,12 @@ impl RunDir {
     /// The paths of the run directory without creating anything (ranks other than 0).
     fn of(cfg: &Config) -> RunDir {
         let out = cfg.out.clone();
-        RunDir { checkpoints: out.join("checkpoints"), saliency: out.join("saliency"), out }
+        RunDir {
+            checkpoints: out.join("checkpoints"),
+            saliency: out.join("saliency"),
+            cache: out.join("saliency-cache"),
+            out,
+        }
     }
 
     fn last(&self) -> PathBuf {
@@ -281,6 +291,8 @@ impl Console {
 /// What one epoch of training saw.
 #[derive(Clone, Debug, Default)]
 pub struct EpochStats {
+    /// With cached maps: the refresh interval, and the 1-based epoch whose weights made them.
+    pub cache: Option<(usize, usize)>,
     pub loss_sum: f64,
     pub seen: i64,
     pub correct: i64,
@@ -301,6 +313,7 @@ impl EpochStats {
             augmented: s[3] as usize,
             skipped: s[4] as usize,
             seconds: self.seconds,
+            cache: self.cache,
         })
     }
 
@@ -320,6 +333,8 @@ impl EpochStats {
             images_skipped: self.skipped,
             img_per_s: self.seen as f64 / self.seconds,
             seconds: self.seconds,
+            refresh_every: self.cache.map(|c| c.0),
+            maps_from_epoch: self.cache.map(|c| c.1),
             ..Default::default()
         }
     }
@@ -403,6 +418,16 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     let group = launch.map(|l| Group::new(&l.rv, device, cfg.dist.timeout())).transpose()?;
 
     let mut loaders = Loaders::build(cfg)?;
+    // Batches in page-locked memory, copied without blocking (pinning needs CUDA).
+    (loaders.train.pin_memory, loaders.val.pin_memory) = (device.is_cuda(), device.is_cuda());
+    let caching = cfg.augment.enabled && cfg.augment.refresh.every().is_some();
+    if caching && main {
+        // Refused before any work: a full disk found at the first refresh would waste the set-up.
+        cache::check_space(
+            &RunDir::of(cfg).cache,
+            cache::bytes_needed(loaders.train.data.len(), cfg.augment.cache_size),
+        )?;
+    }
     let mut model = build_model(cfg, loaders.num_classes(), &loaders.train.data.root, device)?;
     // A scripted model's preprocessing comes with it.
     (loaders.train.norm, loaders.val.norm) = (model.input_norm(), model.input_norm());
@@ -527,12 +552,20 @@ impl Run<'_> {
                 .wrapping_add(epoch as i64)
                 .wrapping_add(rank.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as i64)),
         );
+        self.loaders.train.saliency = match (augmenting, self.cfg.augment.refresh.every()) {
+            (true, Some(every)) => Some(std::sync::Arc::new(self.saliency_cache(epoch, every)?)),
+            _ => None,
+        };
+        let cached = self.loaders.train.saliency.as_ref().map(|c| c.meta().epoch + 1);
         let plan = self.train_batches(epoch);
         let steps = plan.len().min(self.cfg.train.max_steps.unwrap_or(usize::MAX));
         let bar = self.console.bars.add(ProgressBar::new(steps as u64));
         bar.set_style(ProgressStyle::with_template("  {pos}/{len} [{bar:30}] {msg} ETA {eta}")?);
         let start = Instant::now();
-        let mut stats = EpochStats::default();
+        let mut stats = EpochStats {
+            cache: self.cfg.augment.refresh.every().zip(cached),
+            ..Default::default()
+        };
         let mut correct = Tensor::zeros([], (Kind::Int64, self.device));
         self.model.set_training(!self.cfg.train.freeze_bn);
         for batch in self.loaders.train.epoch_of(epoch, plan, 0).take(steps) {
@@ -542,18 +575,26 @@ impl Run<'_> {
             }
             stats.skipped += batch.skipped.len();
             self.say_skips(&batch.skipped);
-            let n = batch.images.size()[0];
+            let n = batch.len() as i64;
             if n == 0 && self.trainer.ddp.is_none() {
                 continue;
             }
-            let (x, y) = (batch.images.to_device(self.device), batch.labels.to_device(self.device));
-            let x = if augmenting && n > 0 {
-                // The loader's CPU labels: reading them back from the device would sync.
-                let a = self.augmenter.augment(&self.model, &x, &batch.labels)?;
-                stats.augmented += a.stats.augmented();
-                a.images
-            } else {
-                x
+            let (x, y) = (batch.images(self.device), batch.labels.to_device(self.device));
+            let x = match (augmenting && n > 0, batch.masks_on(self.device)) {
+                (true, Some(masks)) => {
+                    // Cached maps: the loader cut each mask with its image's crop; only the blend is left.
+                    stats.augmented += batch.masked;
+                    tch::no_grad(|| -> Result<Tensor> {
+                        Ok(crate::augment::compose(&x, &crate::ops::Blur::GROUP_CAM.apply(&x)?, &masks))
+                    })?
+                }
+                (true, None) => {
+                    // The loader's CPU labels: reading them back from the device would sync.
+                    let a = self.augmenter.augment(&self.model, &x, &batch.labels)?;
+                    stats.augmented += a.stats.augmented();
+                    a.images
+                }
+                (false, _) => x,
             };
             let result = match n {
                 0 => self.trainer.step_empty(lr)?,
@@ -609,6 +650,90 @@ impl Run<'_> {
             );
         }
         Ok(stats)
+    }
+
+    /// The saliency cache `epoch` trains with (see [`cache`]): the one on disk when its maps
+    /// come from the due refresh epoch or later, else rebuilt now with the current weights, each
+    /// rank computing its shard. Every rank takes the same decision.
+    fn saliency_cache(&mut self, epoch: usize, every: usize) -> Result<cache::SaliencyCache> {
+        let cfg = self.cfg;
+        let start = cfg.pretrain.as_ref().map_or(0, |p| p.epochs);
+        let due = cache::due_epoch(epoch, start, every);
+        let (rank, world) = self.trainer.ddp.as_ref().map_or((0, 1), |d| (d.rank(), d.world()));
+        let want = cache::CacheMeta {
+            version: cache::VERSION,
+            samples: self.loaders.train.data.len(),
+            side: cfg.augment.cache_size,
+            input_size: cfg.data.input_size,
+            groups: cfg.augment.groups,
+            score_size: cfg.augment.score_size,
+            world,
+            fingerprint: cache::fingerprint(&self.loaders.train.data),
+            epoch,
+        };
+        let dir = self.dir.cache.clone();
+        let p = cfg.augment.probability;
+        let opened = cache::SaliencyCache::open(&dir, &want, due, p)?;
+        let stale = self.trainer.any_rank(opened.is_err())?;
+        let why = match opened {
+            Ok(c) if !stale => return Ok(c),
+            Ok(_) => "another rank cannot read it".to_string(),
+            Err(why) => why,
+        };
+        if epoch != due {
+            self.console.say(format!(
+                "saliency cache: rebuilt before epoch {} with its weights ({why}); an uninterrupted run would use \
+                 the maps made before epoch {}",
+                epoch + 1,
+                due + 1
+            ));
+        } else if epoch != start {
+            self.console.say(format!("saliency cache: refreshing before epoch {} ({why})", epoch + 1));
+        }
+        if self.writes() {
+            cache::clear(&dir)?;
+        }
+        self.barrier()?;
+        let whole = Loader {
+            transform: Transform::Whole { size: cfg.data.input_size },
+            shuffle: false,
+            drop_last: false,
+            batch_size: cfg.train.val_batch_size.unwrap_or(cfg.train.batch_size),
+            saliency: None,
+            ..self.loaders.train.clone()
+        };
+        let stats = cache::write_part(&self.model, &self.augmenter, &whole, &want, rank, &dir, self.device)?;
+        self.barrier()?;
+        if self.writes() {
+            cache::publish(&dir, &want)?;
+        }
+        self.barrier()?;
+        let opened = cache::SaliencyCache::open(&dir, &want, due, p)?.map_err(|why| {
+            anyhow::anyhow!(
+                "rank {rank} cannot read the saliency cache it just helped build in {}: {why} (on several \
+                 machines the run directory must be on a filesystem that every rank sees)",
+                dir.display()
+            )
+        })?;
+        let seconds = stats.seconds;
+        self.console.say(format!(
+            "saliency cache: {} maps of {s} x {s} px before epoch {} in {seconds:.1} s ({:.1} img/s{}){}",
+            stats.images,
+            epoch + 1,
+            stats.images as f64 / seconds.max(1e-9),
+            if world > 1 { format!(" on rank {rank} of {world}") } else { String::new() },
+            if stats.constant > 0 { format!(", {} constant (passed through)", stats.constant) } else { String::new() },
+            s = cfg.augment.cache_size
+        ));
+        Ok(opened)
+    }
+
+    /// Waits for every rank (nothing alone).
+    fn barrier(&self) -> Result<()> {
+        match &self.trainer.ddp {
+            Some(d) => d.group.barrier(),
+            None => Ok(()),
+        }
     }
 
     /// Whether this process writes the run's files (rank 0, or the only process).
@@ -736,6 +861,11 @@ fn summary_line(rec: &EpochRecord, epochs: usize) -> String {
         rec.images_skipped,
         rec.seconds,
         rec.saliency_change.map(|c| format!(" saliency change {c:.4}")).unwrap_or_default()
+            + &rec
+                .refresh_every
+                .zip(rec.maps_from_epoch)
+                .map(|(k, e)| format!(" (cached maps: refreshed every {k} epochs, these from before epoch {e})"))
+                .unwrap_or_default()
     )
 }
 
@@ -903,12 +1033,12 @@ pub fn evaluate_sharded(
     for batch in loader.epoch_of(0, batches, 0) {
         let batch = batch?;
         skipped.extend(batch.skipped.iter().cloned());
-        if batch.images.size()[0] == 0 {
+        if batch.is_empty() {
             continue;
         }
-        let logits = tch::no_grad(|| model.logits_eval(&batch.images.to_device(device)));
+        let logits = tch::no_grad(|| model.logits_eval(&batch.images(device)));
         let (a, b) = hits(&logits, &batch.labels.to_device(device));
-        (n, t1, t5) = (n + batch.images.size()[0], t1 + a, t5 + b);
+        (n, t1, t5) = (n + batch.len() as i64, t1 + a, t5 + b);
     }
     let (mut t1, mut t5) = (t1.int64_value(&[]), t5.int64_value(&[]));
     let mut unreadable = skipped.len();
@@ -1028,9 +1158,9 @@ fn make_probe(val: &Loader, n: usize, seed: u64, dir: &Path, device: Device) -> 
     } else {
         crate::atomic::write_bytes(&listed, &serde_json::to_vec_pretty(&entries)?)?;
     }
-    let photos = val.norm.invert(&batch.images);
+    let photos = batch.pixels.to_kind(Kind::Float) / 255.0;
     Ok(Some(saliency::Probe {
-        images: batch.images.to_device(device),
+        images: batch.images(device),
         labels: Vec::<i64>::try_from(&batch.labels)?,
         photos,
     }))
@@ -1059,6 +1189,10 @@ fn log_epoch(tb: &mut EventLog, r: &EpochRecord, grid: Option<&image::RgbImage>)
         ("val/images_skipped", r.val_skipped as f64),
     ] {
         tb.scalar(tag, v as f32, e)?;
+    }
+    if let Some(from) = r.maps_from_epoch {
+        // Epochs of training the cached maps have not seen.
+        tb.scalar("saliency/cached_maps_age", (r.epoch - from) as f32, e)?;
     }
     if let (Some(c), Some(d)) = (r.saliency_change, r.saliency_delta) {
         tb.scalar("saliency/one_minus_pearson", c as f32, e)?;

@@ -74,6 +74,16 @@ pub fn ranges(cfg: &Config) -> Result<()> {
     if let Some(s) = a.score_size {
         count("augment.score_size", s, 1, crate::imageio::MAX_INPUT_SIZE as i64)?;
     }
+    if let Some(k) = a.refresh.every() {
+        count("augment.refresh", k as i64, 1, i64::MAX)?;
+        count("augment.cache_size", a.cache_size as i64, 2, cfg.data.input_size as i64)?;
+        if a.threshold == crate::augment::Threshold::BatchMean {
+            bail!(
+                "key 'augment.threshold': batch takes one mean over a batch's fresh maps, which cached maps do \
+                 not have (each mask is cut at its own crop's mean); use image, or augment.refresh: batch"
+            );
+        }
+    }
 
     let s = &cfg.saliency;
     count("saliency.probe", s.probe as i64, 0, 1024)?;
