@@ -228,6 +228,8 @@ fn loader_failures_are_errors_and_truncated_jpegs_are_corrupt() {
         workers: 2,
         prefetch: 1,
         seed: 0,
+        pin_memory: false,
+        saliency: None,
     };
     let b: Vec<_> = loader.epoch(0, 0).collect::<anyhow::Result<_>>().unwrap();
     let skipped: Vec<_> = b.iter().flat_map(|b| b.skipped.iter()).collect();

@@ -102,6 +102,8 @@ fn the_loader_converts_modes_skips_bad_files_and_is_seeded() {
         workers: 3,
         prefetch: 1,
         seed: 5,
+        pin_memory: false,
+        saliency: None,
     };
     let batches: Vec<_> = loader.epoch(0, 0).map(|b| b.unwrap()).collect();
     assert_eq!(batches.len(), 2);
@@ -109,15 +111,15 @@ fn the_loader_converts_modes_skips_bad_files_and_is_seeded() {
         batches.iter().flat_map(|b| b.skipped.iter().map(|(p, _)| p.display().to_string())).collect();
     assert_eq!(skipped.len(), 2, "{skipped:?}");
     assert!(skipped.iter().any(|p| p.ends_with("empty.jpg")) && skipped.iter().any(|p| p.ends_with("truncated.png")));
-    let n: i64 = batches.iter().map(|b| b.images.size()[0]).sum();
+    let n: i64 = batches.iter().map(|b| b.len() as i64).sum();
     assert_eq!(n, 4);
     for b in &batches {
-        assert_eq!(&b.images.size()[1..], &[3, 24, 24]);
+        assert_eq!(&b.pixels.size()[1..], &[3, 24, 24]);
     }
     // The same epoch twice gives the same tensors; another epoch another order.
     let again: Vec<_> = loader.epoch(0, 0).map(|b| b.unwrap()).collect();
     for (a, b) in batches.iter().zip(&again) {
-        assert_eq!(max_abs_diff(&a.images, &b.images), 0.0);
+        assert_eq!(max_abs_diff(&a.images(Device::Cpu), &b.images(Device::Cpu)), 0.0);
     }
     assert_ne!(loader.batches(0), loader.batches(1));
 }
@@ -343,6 +345,8 @@ fn folder_of(n: usize, batch_size: usize, transform: Transform, seed: u64, sampl
         workers: 1,
         prefetch: 1,
         seed,
+        pin_memory: false,
+        saliency: None,
     }
 }
 
@@ -456,15 +460,19 @@ fn the_fast_loader_path_gives_the_former_pixels() {
     let mean = sum as f64 / count as f64;
     assert!(mean < 0.5, "mean difference {mean} levels");
 
-    // The loader's batches: the same rows, normalised; 2 levels over the smallest std (0.224).
+    // The loader's batches: the same rows as bytes, and normalised (2 levels over the smallest
+    // std, 0.224).
     let samples: Vec<(PathBuf, i64)> = files.iter().map(|f| (f.clone(), 0)).collect();
     for t in [train, eval] {
         let loader = folder_of(8, 4, t, 11, samples.clone());
         for idx in loader.batches(0) {
             let new = loader.make_batch(0, &idx, &mut scratch).unwrap();
             let old = loader.make_batch_reference(0, &idx, &mut scratch).unwrap();
-            assert_eq!(new.images.size(), [idx.len() as i64, 3, 224, 224]);
-            let d = max_abs_diff(&new.images, &old.images);
+            assert_eq!(new.pixels.size(), [idx.len() as i64, 3, 224, 224]);
+            assert_eq!(new.pixels.kind(), tch::Kind::Uint8);
+            let levels = max_abs_diff(&new.pixels.to_kind(tch::Kind::Float), &old.pixels.to_kind(tch::Kind::Float));
+            assert!(levels <= 2.0, "{t:?}: batch {idx:?} differs by {levels} levels");
+            let d = max_abs_diff(&new.images(Device::Cpu), &old.images(Device::Cpu));
             assert!(d <= 2.0 / 255.0 / 0.224 + 1e-5, "{t:?}: batch {idx:?} differs by {d}");
             assert_eq!(Vec::<i64>::try_from(&new.labels).unwrap(), Vec::<i64>::try_from(&old.labels).unwrap());
         }
@@ -498,7 +506,7 @@ fn the_fast_loader_path_skips_truncated_and_corrupt_jpegs_by_name() {
     let loader = Loader { data: ImageFolder::open(&dir.path().join("ds")).unwrap(), ..loader };
     let batches: Vec<_> = loader.epoch(0, 0).map(|b| b.unwrap()).collect();
     assert_eq!(batches.len(), 1);
-    assert_eq!(batches[0].images.size(), [1, 3, 64, 64]);
+    assert_eq!(batches[0].pixels.size(), [1, 3, 64, 64]);
     let mut named: Vec<_> = batches[0]
         .skipped
         .iter()
@@ -557,4 +565,43 @@ fn reset_head_fine_tunes_1000_class_weights_onto_the_class_folders() {
     // A fresh head, not the file's first 6 rows.
     let fc = &vars["fc.weight"].narrow(0, 0, 6);
     assert!(max_abs_diff(&fin["fc.weight"], fc) > 1e-2, "fc is the file's, not a fresh layer");
+}
+
+/// The loader hands out bytes and the model's side normalises them: the result is the former
+/// CPU path's floats, `p * (1 / (255 std)) + (-mean / std)` in f32, bit for bit, for both
+/// normalisations; page-locked batches need CUDA and say so.
+#[test]
+fn byte_batches_normalise_to_the_former_floats_bit_for_bit() {
+    use groupcam::data::transforms;
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_data(dir.path(), 2);
+    let t = Transform::Train { size: 48, scale: (0.5, 1.0), ratio: (0.75, 1.33), flip: 0.5 };
+    for norm in [Normalization::IMAGENET, Normalization::TF_LITE] {
+        let loader = Loader { norm, data: ImageFolder::open(&data.join("train")).unwrap(), ..folder_of(0, 4, t, 2, vec![]) };
+        let b = loader.make_batch(0, &[0, 1, 2, 3], &mut Default::default()).unwrap();
+        assert_eq!((b.pixels.kind(), b.len()), (tch::Kind::Uint8, 4));
+        let px = Vec::<u8>::try_from(b.pixels.flatten(0, -1)).unwrap();
+        let plane = 48 * 48;
+        let want: Vec<f32> = px
+            .iter()
+            .enumerate()
+            .map(|(k, &p)| {
+                let c = (k / plane) % 3;
+                let a = (1.0 / (255.0 * norm.std[c])) as f32;
+                let bias = (-norm.mean[c] / norm.std[c]) as f32;
+                p as f32 * a + bias
+            })
+            .collect();
+        let got = Vec::<f32>::try_from(b.images(Device::Cpu).flatten(0, -1)).unwrap();
+        assert_eq!(got.len(), want.len());
+        let differ = got.iter().zip(&want).filter(|(g, w)| g.to_bits() != w.to_bits()).count();
+        assert_eq!(differ, 0, "{norm:?}: {differ} values differ from the former path");
+        let d = max_abs_diff(&transforms::normalize_bytes(&b.pixels, &norm), &norm.apply(&(b.pixels.to_kind(tch::Kind::Float) / 255.0)));
+        assert!(d < 1e-5, "{d}");
+    }
+    if !tch::Cuda::is_available() {
+        let loader = Loader { pin_memory: true, data: ImageFolder::open(&data.join("train")).unwrap(), ..folder_of(0, 4, t, 2, vec![]) };
+        let e = format!("{:#}", loader.make_batch(0, &[0], &mut Default::default()).err().expect("pinning needs CUDA"));
+        assert!(e.contains("page-locked"), "{e}");
+    }
 }
