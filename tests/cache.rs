@@ -89,17 +89,20 @@ fn cached_masks_are_the_fresh_masks_and_follow_the_crop_and_the_flip() {
     let batch = whole.make_batch(0, &(0..data.len()).collect::<Vec<_>>(), &mut Default::default()).unwrap();
     let (maps, constant) = GroupCamAugment::default().maps_for(&model, &batch.images(Device::Cpu), &batch.labels).unwrap();
     let fresh = binarize(&maps, &Tensor::from_slice(&constant), Threshold::ImageMean);
-    assert!(constant.iter().all(|c| !c), "random weights still give maps with an order");
+    // Random weights leave some maps constant (every group's gain <= 0): those pass through
+    // both ways, and enough others are left to compare.
+    assert!(constant.iter().filter(|&&c| !c).count() >= data.len() / 3, "{constant:?}");
 
     let all: Vec<usize> = (0..data.len()).collect();
-    for (flip, want) in [(0.0, fresh.shallow_clone()), (1.0, fresh.flip([3]))] {
+    for (flip, want) in [(0.0, fresh.shallow_clone()), (1.0, fresh.flip([3i64]))] {
         let mut l = loader(data.clone(), Transform::Train { size: S, scale: (1.0, 1.0), ratio: (1.0, 1.0), flip });
         l.saliency = Some(cache.clone());
         let b = l.make_batch(0, &all, &mut Default::default()).unwrap();
         let masks = b.masks_on(Device::Cpu).expect("a loader with a cache cuts masks");
         let a = agreement(&masks, &want);
         assert!(a > 0.99, "flip {flip}: cached masks agree with the fresh ones on {a:.4} of the pixels");
-        assert!(b.masked > 0 && b.masked <= all.len());
+        let live = constant.iter().filter(|&&c| !c).count();
+        assert!(b.masked <= live && b.masked + 1 >= live, "{} masked, {live} maps with an order", b.masked);
         assert!(masks.mean(Kind::Double).double_value(&[]) < 0.9, "the masks hide pixels");
     }
 
@@ -194,7 +197,7 @@ fn a_cached_run_refreshes_on_schedule_and_resumes_bit_for_bit() {
     let data = synth_data(dir.path(), 2);
     let out = finetune(&["--config", s(&config(dir.path(), &data, "straight", 4))]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let refreshes: Vec<&str> = text.lines().filter(|l| l.starts_with("saliency cache:")).collect();
+    let refreshes: Vec<&str> = text.lines().filter(|l| l.contains(" maps of 24 x 24 px")).collect();
     assert_eq!(refreshes.len(), 2, "{text}");
     assert!(refreshes[0].contains("before epoch 2") && refreshes[1].contains("before epoch 4"), "{text}");
     assert!(text.contains("(cached maps: refreshed every 2 epochs, these from before epoch 4)"), "{text}");
@@ -222,7 +225,7 @@ fn a_cached_run_refreshes_on_schedule_and_resumes_bit_for_bit() {
         s(&split.join("checkpoints/last.safetensors")),
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let refreshes: Vec<&str> = text.lines().filter(|l| l.starts_with("saliency cache:")).collect();
+    let refreshes: Vec<&str> = text.lines().filter(|l| l.contains(" maps of 24 x 24 px")).collect();
     assert_eq!(refreshes.len(), 1, "epoch 3 reuses the maps made before epoch 2: {text}");
     assert!(refreshes[0].contains("before epoch 4"), "{text}");
     let a = Tensor::read_safetensors(run.join("final.safetensors")).unwrap();

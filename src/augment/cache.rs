@@ -273,6 +273,7 @@ pub fn write_part(
     let side = meta.side as i64;
     let row = (side * side) as usize;
     let mut stats = RefreshStats::default();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(part_name(rank, meta.world));
     crate::atomic::write_with(&path, |tmp| {
         let mut out = std::io::BufWriter::with_capacity(1 << 22, std::fs::File::create(tmp)?);
