@@ -96,6 +96,10 @@ r50 r50-f32 augment.precision=f32 && img_per_s r50-f32
 r50 r50-f16 augment.precision=f16 && img_per_s r50-f16
 r50 r50-bf16 train.amp=bf16 augment.precision=f32 && img_per_s r50-bf16
 r50 r50-plain augment.enabled=false && img_per_s r50-plain
+# Issue 13: cached maps (a refresh pass on CUDA, then masks from the cache at the plain step's
+# pace); the batches come page-locked and are normalised on the GPU in every run above.
+r50 r50-cached augment.refresh=1 augment.cache_size=56 && img_per_s r50-cached &&
+    { grep -q "saliency cache: .* maps of 56 x 56 px" "$out/r50-cached.out" || fail "r50-cached: no refresh pass"; }
 # Resume on CUDA: one more epoch from the f32 run's checkpoint.
 step resume "$bin" finetune --quiet --config "$out/r50-f32.yaml" --set train.epochs=2 --set train.max_steps=5 \
     --resume "$out/r50-f32/checkpoints/last.safetensors" && { grep -q "resumed from" "$out/resume.out" || fail "resume: no 'resumed from'"; }

@@ -301,6 +301,27 @@ fn torchrun_launches_the_ranks_and_their_weights_stay_bit_identical() {
     assert_eq!(history(&dir.path().join("bn"))[0]["val_images"], 11);
 }
 
+/// Cached maps on 2 ranks: each rank computes every second image's map into its own part of the
+/// run directory's cache and trains with masks cut from both parts; the ranks' weights stay
+/// bit-identical (checked by the run at every step and at the end).
+#[test]
+fn two_ranks_share_a_saliency_cache_in_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_data(dir.path(), 2);
+    let cfg = tiny_config(dir.path(), &data, "cached", 1, false);
+    let sets = ["--set", "augment.enabled=true", "--set", "augment.refresh=1", "--set", "augment.cache_size=16"];
+    let out = run_ok(finetune(&cfg, &[&["--nproc", "2"][..], &sets[..]].concat()), "the cached --nproc 2 run");
+    assert!(out.contains("maps of 16 x 16 px before epoch 1") && out.contains("on rank 0 of 2"), "{out}");
+    let n = groupcam::data::ImageFolder::open(&data.join("train")).unwrap().len() as u64;
+    for (r, rows) in [(0, n.div_ceil(2)), (1, n / 2)] {
+        let part = dir.path().join(format!("cached/saliency-cache/part-{r}-of-2.u8"));
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), rows * 16 * 16, "{}", part.display());
+    }
+    let h = history(&dir.path().join("cached"));
+    assert!(h[0]["augmented_fraction"].as_f64().unwrap() > 0.0, "{h:?}");
+    assert_eq!(h[0]["maps_from_epoch"], 1);
+}
+
 /// Rank 1 killed after the first epoch: rank 0 fails within the timeout naming it, the
 /// checkpoint is intact, and the run resumes from it (here on one process: a checkpoint does
 /// not depend on the world size).

@@ -2,6 +2,7 @@
 //! CLI prints, and all share one timing harness, [`time_interleaved`].
 
 pub mod augment;
+pub mod cache;
 pub mod dist;
 pub mod explain;
 pub mod insdel;

@@ -30,6 +30,31 @@ pub enum BenchCommand {
     Dist(DistArgs),
     /// A scripted ResNet-50 against the built-in one: forward, explain, scoring lanes, training step.
     Torchscript(TorchScriptArgs),
+    /// The saliency cache's masks against fresh masks of the crops (IoU per crop-scale band).
+    Cache(CacheArgs),
+}
+
+#[derive(Args)]
+pub struct CacheArgs {
+    #[arg(long, default_value = "efficientnet-lite0", value_parser = choice::parser::<Arch>())]
+    arch: Arch,
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Real photos (their maps are what is compared).
+    #[arg(long, num_args = 1..)]
+    images: Vec<PathBuf>,
+    /// RandomResizedCrops per photo.
+    #[arg(long, default_value_t = 50)]
+    crops: usize,
+    /// Cache sides to compare.
+    #[arg(long, value_delimiter = ',', default_value = "56,224")]
+    sides: Vec<u32>,
+    #[arg(long, default_value_t = 224)]
+    input_size: u32,
+    #[arg(long, default_value_t = 16)]
+    groups: i64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -336,6 +361,19 @@ pub fn run(cmd: BenchCommand, device: Device) -> Result<()> {
                 device,
             )?
         }
+        BenchCommand::Cache(a) => bench::cache::run(
+            &bench::cache::CacheBench {
+                arch: a.arch,
+                weights: a.weights,
+                images: a.images,
+                crops: a.crops,
+                sides: a.sides,
+                input_size: a.input_size,
+                groups: a.groups,
+                seed: a.seed,
+            },
+            device,
+        )?,
     };
     print!("{report}");
     Ok(())
