@@ -173,9 +173,15 @@ pub fn cut_mask(map: &[u8], side: u32, placed: &Placed, dst: &mut [u8]) -> Resul
     let src = fir::images::ImageRef::new(side, side, map, fir::PixelType::U8)?;
     let mut resized = vec![0u8; s * s];
     let mut out = fir::images::Image::from_slice_u8(p.size, p.size, &mut resized, fir::PixelType::U8)?;
+    // The box in the map's pixels, kept inside it: x + w <= width in the image's pixels can
+    // land an ulp past the map's side once scaled.
+    let (left, top) = ((p.x * sx).clamp(0.0, side as f64), (p.y * sy).clamp(0.0, side as f64));
+    let width = (p.w * sx).min(side as f64 - left).max(1e-3);
+    let height = (p.h * sy).min(side as f64 - top).max(1e-3);
+    let (left, top) = (left.min(side as f64 - width), top.min(side as f64 - height));
     let opts = fir::ResizeOptions::new()
         .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear))
-        .crop(p.x * sx, p.y * sy, (p.w * sx).max(1e-3), (p.h * sy).max(1e-3));
+        .crop(left, top, width, height);
     fir::Resizer::new().resize(&src, &mut out, &opts)?;
     let mean = resized.iter().map(|&v| v as u64).sum::<u64>() as f64 / resized.len() as f64;
     let mut hides = false;
@@ -346,6 +352,34 @@ pub fn clear(dir: &Path) -> Result<()> {
 pub fn due_epoch(epoch: usize, finetune_start: usize, every: usize) -> usize {
     let every = every.max(1);
     finetune_start + (epoch - finetune_start) / every * every
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::transforms::CropParams;
+
+    /// Every RandomResizedCrop box of images whose sides do not divide the map's cuts a mask:
+    /// scaled boxes that end an ulp past the map are kept inside it.
+    #[test]
+    fn boxes_at_the_image_edge_cut_masks_at_any_scale() {
+        let map: Vec<u8> = (0..56 * 56).map(|i| (i * 7 % 251) as u8).collect();
+        let mut dst = vec![0u8; 32 * 32];
+        for (w, h) in [(500u32, 375u32), (333, 497), (57, 1000)] {
+            for x in 0..w.min(40) {
+                let params = CropParams {
+                    x: (w - 1 - x) as f64,
+                    y: 0.0,
+                    w: (x + 1) as f64,
+                    h: h as f64,
+                    size: 32,
+                    flip: false,
+                    crop_first: true,
+                };
+                cut_mask(&map, 56, &Placed { params, width: w, height: h }, &mut dst).unwrap();
+            }
+        }
+    }
 }
 
 /// A cached mask as a tensor (tests and the benchmark): [`cut_mask`] into a 1 x S x S tensor.
