@@ -167,9 +167,10 @@ pub struct AugmentConfig {
     /// in a cache that the crops are cut from (`augment::cache`).
     #[serde(default)]
     pub refresh: Refresh,
-    /// The cached maps' side in pixels (`refresh` every K epochs).
-    #[serde(default = "default_cache_size")]
-    pub cache_size: u32,
+    /// The cached maps' side in pixels (`refresh` every K epochs); default 56 (a quarter of
+    /// 224), or the input size when that is smaller.
+    #[serde(default)]
+    pub cache_size: Option<u32>,
 }
 
 /// `augment.refresh`: `batch`, or every K epochs.
@@ -314,9 +315,6 @@ fn default_one() -> f64 {
 fn default_threshold() -> Threshold {
     Threshold::ImageMean
 }
-fn default_cache_size() -> u32 {
-    56
-}
 fn default_precision() -> Precision {
     Precision::F32
 }
@@ -415,6 +413,11 @@ impl Config {
             precision: a.precision,
             threshold: a.threshold,
         }
+    }
+
+    /// The saliency cache's map side (`augment.cache_size`).
+    pub fn cache_side(&self) -> u32 {
+        self.augment.cache_size.unwrap_or(56.min(self.data.input_size))
     }
 
     pub fn val_resize(&self) -> u32 {

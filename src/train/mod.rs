@@ -425,7 +425,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         // Refused before any work: a full disk found at the first refresh would waste the set-up.
         cache::check_space(
             &RunDir::of(cfg).cache,
-            cache::bytes_needed(loaders.train.data.len(), cfg.augment.cache_size),
+            cache::bytes_needed(loaders.train.data.len(), cfg.cache_side()),
         )?;
     }
     let mut model = build_model(cfg, loaders.num_classes(), &loaders.train.data.root, device)?;
@@ -663,7 +663,7 @@ impl Run<'_> {
         let want = cache::CacheMeta {
             version: cache::VERSION,
             samples: self.loaders.train.data.len(),
-            side: cfg.augment.cache_size,
+            side: cfg.cache_side(),
             input_size: cfg.data.input_size,
             groups: cfg.augment.groups,
             score_size: cfg.augment.score_size,
@@ -723,7 +723,7 @@ impl Run<'_> {
             stats.images as f64 / seconds.max(1e-9),
             if world > 1 { format!(" on rank {rank} of {world}") } else { String::new() },
             if stats.constant > 0 { format!(", {} constant (passed through)", stats.constant) } else { String::new() },
-            s = cfg.augment.cache_size
+            s = cfg.cache_side()
         ));
         Ok(opened)
     }

@@ -76,7 +76,7 @@ pub fn ranges(cfg: &Config) -> Result<()> {
     }
     if let Some(k) = a.refresh.every() {
         count("augment.refresh", k as i64, 1, i64::MAX)?;
-        count("augment.cache_size", a.cache_size as i64, 2, cfg.data.input_size as i64)?;
+        count("augment.cache_size", cfg.cache_side() as i64, 2, cfg.data.input_size as i64)?;
         if a.threshold == crate::augment::Threshold::BatchMean {
             bail!(
                 "key 'augment.threshold': batch takes one mean over a batch's fresh maps, which cached maps do \
