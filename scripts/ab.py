@@ -1,8 +1,9 @@
 """The A/B of issue 13 on Fashion-MNIST: does the Group-CAM augmentation help on real data?
 
 1. Converts the IDX files (scripts/fetch-fashion-mnist.sh fetches them) to ImageFolder PNGs:
-   28 x 28 grey stored as RGB, `data.input_size` upsamples (default 128: ResNet-18's layer4 is
-   then 4 x 4). The training set is subsampled (stratified, seeded) when --train-size asks; the
+   28 x 28 grey stored as RGB, `data.input_size` upsamples (default: a scripted model's
+   input_size attribute, 32 for the small CNN; 128 for built-ins: ResNet-18's layer4 is then
+   4 x 4). The training set is subsampled (stratified, seeded) when --train-size asks; the
    whole test set is the validation set.
 2. Pre-trains one plain starting point (augmentation off) once: a built-in architecture
    (`--arch resnet18`, random initialisation) or a TorchScript archive (`--arch torchscript
@@ -23,7 +24,7 @@
 A run whose directory holds the same config and a finished history is reused, so an
 interrupted A/B goes on where it stopped.
 
-    make ab   # or: .venv/bin/python scripts/ab.py --idx .venv/data/fashion-mnist --work out/ab
+    make ab   # or: .venv/bin/python scripts/ab.py --idx .venv/data/fashion-mnist --work out/ab --arch small-cnn ...
 """
 import argparse
 import gzip
