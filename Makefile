@@ -42,14 +42,17 @@ bench: build
 	$(BIN) bench explain --device cpu
 
 # Issue 13's A/B on Fashion-MNIST (README "A/B on Fashion-MNIST"): fetches the data once (set-up, Debian's
-# dataset-fashion-mnist), then scripts/ab.py; AB_ARGS passes its options (e.g. --train-size 6000).
+# dataset-fashion-mnist), then scripts/ab.py with the README's settings (AB_SETTINGS: the small
+# scripted CNN at 32 px); AB_ARGS adds options or overrides them (later ones win), e.g.
+# AB_ARGS="--threads 2 --device cpu" as the README's run, or "--arm cached:augment.refresh=5".
 AB_DATA ?= .venv/data/fashion-mnist
+AB_SETTINGS ?= --arch small-cnn --train-size 6000 --pretrain-epochs 3 --pretrain-lr 0.02 --epochs 2 --lr 0.01 --lr-step 1 --batch 64 --seeds 0,1,2
 AB_ARGS ?=
 ab-data:
 	scripts/fetch-fashion-mnist.sh $(AB_DATA)
 
 ab: build $(SETUP) ab-data
-	.venv/bin/python scripts/ab.py --idx $(AB_DATA) --work out/ab --bin $(BIN) $(AB_ARGS)
+	.venv/bin/python scripts/ab.py --idx $(AB_DATA) --work out/ab --bin $(BIN) $(AB_SETTINGS) $(AB_ARGS)
 
 # The saliency cache fidelity study (BENCHMARKS.md, "Saliency cache fidelity (issue 13)").
 fidelity: $(SETUP)

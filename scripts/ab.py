@@ -1,11 +1,17 @@
 """The A/B of issue 13 on Fashion-MNIST: does the Group-CAM augmentation help on real data?
 
 1. Converts the IDX files (scripts/fetch-fashion-mnist.sh fetches them) to ImageFolder PNGs:
-   28 x 28 grey stored as RGB, `data.input_size` upsamples (default 128: ResNet-18's layer4 is
-   then 4 x 4). The training set is subsampled (stratified, seeded) when --train-size asks; the
+   28 x 28 grey stored as RGB, `data.input_size` upsamples (default: a scripted model's
+   input_size attribute, 32 for the small CNN; 128 for built-ins: ResNet-18's layer4 is then
+   4 x 4). The training set is subsampled (stratified, seeded) when --train-size asks; the
    whole test set is the validation set.
-2. Pre-trains one plain starting point (augmentation off) once.
-3. Fine-tunes every arm from its final.safetensors (`weights:`), once per seed, with
+2. Pre-trains one plain starting point (augmentation off) once: a built-in architecture
+   (`--arch resnet18`, random initialisation) or a TorchScript archive (`--arch torchscript
+   --archive model.pt`; `--arch small-cnn` writes scripts/ab_model.py's small CNN, seeded by
+   --model-seed, into <work>/model/ first). A scripted model's final.safetensors (the module's
+   own names) is loaded into the archive again (`load_state_dict(strict=True)`, checked by its
+   top-1 on the validation set in PyTorch) and saved as <work>/runs/pretrain/pretrained.pt.
+3. Fine-tunes every arm from that starting point (`weights:`), once per seed, with
    `train.seed` = the seed, so an arm and the control see the same data order per seed:
    control (augmentation off), faithful (the default augmentation: G = 16, every image, full
    resolution), fast (probability 0.5, scored at --fast-score-size). The cached arm (issue 13's
@@ -18,10 +24,11 @@
 A run whose directory holds the same config and a finished history is reused, so an
 interrupted A/B goes on where it stopped.
 
-    make ab   # or: .venv/bin/python scripts/ab.py --idx .venv/data/fashion-mnist --work out/ab
+    make ab   # or: .venv/bin/python scripts/ab.py --idx .venv/data/fashion-mnist --work out/ab --arch small-cnn ...
 """
 import argparse
 import gzip
+import hashlib
 import json
 import math
 import os
@@ -130,8 +137,8 @@ def convert(idx_dir, root, train_size, subset_seed):
 
 
 def base_config(a, data_root, out):
-    return {
-        "arch": a.arch,
+    cfg = {
+        "arch": a.model_arch,
         "data": {
             "root": data_root,
             "input_size": a.input_size,
@@ -155,6 +162,9 @@ def base_config(a, data_root, out):
         "saliency": {"probe": a.probe},
         "out": out,
     }
+    if a.threads is not None:
+        cfg["train"]["threads"] = a.threads
+    return cfg
 
 
 def with_sets(cfg, sets):
@@ -198,8 +208,17 @@ def arm_settings(a):
     return {n: arms[n] for n in order if n in arms}, {n: missing[n] for n in order if n in missing}
 
 
-def finished(run_dir, cfg):
-    """A run already done with this very config (reused, so an interrupted A/B resumes)."""
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def finished(run_dir, cfg, start):
+    """A run already done with this very config and starting weights (reused, so an
+    interrupted A/B resumes; a re-made starting point reruns what starts from it)."""
     try:
         with open(os.path.join(run_dir, "ab-config.json")) as f:
             saved = json.load(f)
@@ -207,7 +226,7 @@ def finished(run_dir, cfg):
             history = json.load(f)
     except (OSError, json.JSONDecodeError):
         return None
-    if saved.get("config") != cfg or len(history) != cfg["train"]["epochs"] or not os.path.isfile(os.path.join(run_dir, "final.safetensors")):
+    if saved.get("config") != cfg or saved.get("start_sha256") != start or len(history) != cfg["train"]["epochs"] or not os.path.isfile(os.path.join(run_dir, "final.safetensors")):
         return None
     return saved
 
@@ -215,7 +234,8 @@ def finished(run_dir, cfg):
 def run(a, name, cfg):
     """One `groupcam finetune`; returns its history, wall time and directory."""
     run_dir = cfg["out"]
-    saved = finished(run_dir, cfg)
+    start = sha256(cfg["weights"]) if cfg.get("weights") else None
+    saved = finished(run_dir, cfg, start)
     if saved is None:
         os.makedirs(os.path.join(a.work, "configs"), exist_ok=True)
         cfg_path = os.path.join(a.work, "configs", name + ".yaml")
@@ -231,7 +251,7 @@ def run(a, name, cfg):
         if proc.returncode != 0:
             tail = "" if proc.stdout is None else "\n" + "\n".join(proc.stdout.splitlines()[-20:])
             raise AbError(f"run {name} failed (exit {proc.returncode}; config {cfg_path}){tail}")
-        saved = {"config": cfg, "wall_s": wall}
+        saved = {"config": cfg, "start_sha256": start, "wall_s": wall}
         with open(os.path.join(run_dir, "ab-config.json"), "w") as f:
             json.dump(saved, f, indent=1)
     else:
@@ -239,6 +259,99 @@ def run(a, name, cfg):
     with open(os.path.join(run_dir, "history.json")) as f:
         history = json.load(f)
     return history, saved["wall_s"], run_dir
+
+
+def small_cnn_archive(a, work, classes):
+    """scripts/ab_model.py's small CNN under <work>/model/, written once per (seed, classes, input size)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import ab_model
+
+    size = a.input_size or 32
+    path = os.path.join(work, "model", f"small-cnn-s{a.model_seed}-c{classes}-{size}.pt")
+    if not os.path.isfile(path):
+        macs, params, shape = ab_model.export(path, seed=a.model_seed, classes=classes, input_size=size)
+        print(f"model: {path}: {macs / 1e6:.1f} M multiply-adds, {params / 1e6:.3f} M parameters, "
+              f"target layer {shape[0]} x {shape[1]} x {shape[2]} at {size} px", flush=True)
+    return path
+
+
+def scripted_info(archive, input_size):
+    """(input size, target-layer 'h x w') of a TorchScript archive."""
+    import torch
+
+    m = torch.jit.load(archive).eval()
+    if input_size is None:
+        try:
+            input_size = int(m.input_size)
+        except (AttributeError, RuntimeError):
+            input_size = 224
+    with torch.no_grad():
+        a = m.features(torch.zeros(1, 3, input_size, input_size))
+    return input_size, f"{a.shape[2]} x {a.shape[3]}"
+
+
+def val_top1(m, images, labels, size):
+    """PyTorch top-1 of a scripted model on 28 px grey images, resized as the loader does."""
+    import torch
+
+    try:
+        mean, std = list(m.mean), list(m.std)
+    except (AttributeError, RuntimeError):
+        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(labels), 500):
+            # PIL's bilinear convolution to bytes: what the loader's fast_image_resize does.
+            px = np.stack([np.asarray(Image.fromarray(im, "L").resize((size, size), Image.BILINEAR)) for im in images[i : i + 500]])
+            x = torch.from_numpy(px.astype(np.float32) / 255).unsqueeze(1).expand(-1, 3, -1, -1)
+            pred = m((x - mean) / std).argmax(1)
+            correct += int((pred == torch.from_numpy(labels[i : i + 500].astype(np.int64))).sum())
+    return correct / len(labels)
+
+
+def scripted_start(a, archive, pre_dir, history):
+    """The pre-trained archive: `archive` with the pre-training's final.safetensors loaded into it
+    (strict), saved as <pre_dir>/pretrained.pt. Redone when final.safetensors changes; checked by
+    comparing every tensor and the PyTorch val top-1 with the run's own."""
+    import safetensors.torch
+    import torch
+
+    final = os.path.join(pre_dir, "final.safetensors")
+    out = os.path.join(pre_dir, "pretrained.pt")
+    stamp = out + ".json"
+    digest = sha256(final)
+    try:
+        with open(stamp) as f:
+            if json.load(f).get("final_sha256") == digest and os.path.isfile(out):
+                return out
+    except (OSError, json.JSONDecodeError):
+        pass
+    state = safetensors.torch.load_file(final)
+    m = torch.jit.load(archive)
+    try:
+        m.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise AbError(f"{final} does not load strictly into {archive}: {e}")
+    m.eval()
+    m.save(out + ".tmp")
+    back = torch.jit.load(out + ".tmp").eval()
+    have = back.state_dict()
+    if set(have) != set(state) or any(not torch.equal(have[k], state[k]) for k in state):
+        raise AbError(f"{out}: the saved archive's tensors differ from {final}")
+    images, labels = load_split(a.idx, "val")
+    size = a.input_size
+    py = val_top1(back, images, labels, size)
+    rust = history[-1]["val_top1"]
+    print(f"pretrained: {out}: val top-1 {100 * py:.2f}% in PyTorch, {100 * rust:.2f}% in the pre-training run", flush=True)
+    # Same weights, pixels and libtorch: at most float summation order may differ (one image
+    # on a tiny validation set); a broken conversion (e.g. lost BatchNorm statistics) shows.
+    if abs(py - rust) > max(0.02, 1.01 / len(labels)):
+        raise AbError(f"{out}: val top-1 {100 * py:.2f}% in PyTorch but {100 * rust:.2f}% in the run: the conversion is wrong")
+    os.replace(out + ".tmp", out)
+    with open(stamp, "w") as f:
+        json.dump({"final_sha256": digest, "archive": archive, "val_top1_pytorch": py, "val_top1_run": rust}, f, indent=1)
+    return out
 
 
 def mean_std(v):
@@ -264,9 +377,9 @@ def render(result):
     lines = [
         f"Fashion-MNIST, {s['train_images']} training images (of {s['train_of']}), the whole test set "
         f"({s['val_images']} images) as validation; {s['arch']} at {s['input_size']} px "
-        f"({-(-s['input_size'] // 32)} x {-(-s['input_size'] // 32)} target-layer positions at stride 32), batch {s['batch']}; "
+        f"({s['target_layer']} target-layer positions), batch {s['batch']}; "
         f"plain pre-training {s['pretrain_epochs']} epochs at lr {s['pretrain_lr']:g} "
-        f"({s['pretrain_wall_s']:.0f} s), then {s['epochs']} fine-tuning epochs at lr {s['lr']:g} "
+        f"({s['pretrain_wall_s']:.0f} s, val top-1 {pct(s['pretrain_top1'])}%), then {s['epochs']} fine-tuning epochs at lr {s['lr']:g} "
         f"per arm and seed; seeds {', '.join(map(str, s['seeds']))}.",
         "",
         "| arm | setting | runs | val top-1 % (mean +- std) | minus control, pt (mean, 95% t-interval) | augmented | wall s per run | / control |",
@@ -314,8 +427,11 @@ def main(argv=None):
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--arms", default="control,faithful,fast,cached")
     p.add_argument("--arm", action="append", default=[], help="NAME:key=value,... adds or replaces an augmented arm")
-    p.add_argument("--arch", default="resnet18")
-    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--arch", default="resnet18", help="a built-in architecture, torchscript (with --archive) or small-cnn")
+    p.add_argument("--archive", default=None, help="the TorchScript archive of --arch torchscript (random weights)")
+    p.add_argument("--model-seed", type=int, default=0, help="the small CNN's initialisation (--arch small-cnn)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="default: 128 for built-ins (ResNet-18's layer4 is 4 x 4), the archive's input_size (small-cnn: 32)")
     p.add_argument("--scale", default="0.5,1", help="RandomResizedCrop scale range")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--pretrain-epochs", type=int, default=3)
@@ -327,12 +443,12 @@ def main(argv=None):
     p.add_argument("--fast-score-size", type=int, default=None, help="default: half the input size")
     p.add_argument("--probe", type=int, default=0, help="saliency.probe (0: no saliency tracking)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="train.threads (libtorch's CPU threads; default: its choice)")
     p.add_argument("--device", default="auto")
     p.add_argument("--set", action="append", default=[], help="key=value for every run (JSON values)")
     p.add_argument("--verbose", action="store_true", help="show each run's output")
     a = p.parse_args(argv)
     a.scale = [float(v) for v in a.scale.split(",")]
-    a.fast_score_size = a.fast_score_size or a.input_size // 2
     seeds = [int(v) for v in a.seeds.split(",") if v != ""]
     if not seeds:
         raise AbError("--seeds: give at least one seed")
@@ -342,15 +458,36 @@ def main(argv=None):
     work = os.path.abspath(a.work)
     a.work = work
     os.makedirs(work, exist_ok=True)
+    if a.arch == "torchscript" and not (a.archive and os.path.isfile(a.archive)):
+        raise AbError(f"--arch torchscript needs --archive PATH (a TorchScript archive; got {a.archive})")
+    if a.archive and a.arch != "torchscript":
+        raise AbError(f"--archive is for --arch torchscript, not {a.arch}")
 
     data = convert(a.idx, os.path.join(work, "data"), a.train_size, a.subset_seed)
     print(f"data: {data['train']['images']} training images, {data['val']['images']} validation images", flush=True)
 
+    archive = None
+    if a.arch == "small-cnn":
+        archive = small_cnn_archive(a, work, data["train"]["classes"])
+    elif a.arch == "torchscript":
+        archive = os.path.abspath(a.archive)
+    if archive:
+        a.model_arch = "torchscript"
+        a.input_size, target = scripted_info(archive, a.input_size)
+    else:
+        a.model_arch = a.arch
+        a.input_size = a.input_size or 128
+        target = f"{-(-a.input_size // 32)} x {-(-a.input_size // 32)}"
+    a.fast_score_size = a.fast_score_size or a.input_size // 2
+    arms, missing = arm_settings(a)  # again, with the fast arm's score size known
+
     pre = base_config(a, os.path.join(work, "data"), os.path.join(work, "runs", "pretrain"))
     pre["train"].update(epochs=a.pretrain_epochs, lr=a.pretrain_lr, lr_step=max(a.pretrain_epochs, 1))
+    if archive:
+        pre["weights"] = archive
     pre = with_sets(pre, a.set)
-    _, pre_wall, pre_dir = run(a, "pretrain", pre)
-    start = os.path.join(pre_dir, "final.safetensors")
+    pre_history, pre_wall, pre_dir = run(a, "pretrain", pre)
+    start = scripted_start(a, archive, pre_dir, pre_history) if archive else os.path.join(pre_dir, "final.safetensors")
 
     results = {n: [] for n in arms}
     # Seed-major order: a drift in the machine's speed hits every arm alike.
@@ -399,9 +536,10 @@ def main(argv=None):
             arm["diff"] = {"per_seed": d, "mean": dm, "ci95": ci}
         out["arms"][name] = arm
     out["setup"] = {
-        "arch": a.arch, "input_size": a.input_size, "batch": a.batch, "scale": a.scale, "seeds": seeds,
+        "arch": a.arch, "archive": archive, "target_layer": target, "input_size": a.input_size, "batch": a.batch, "scale": a.scale, "seeds": seeds,
         "train_images": data["train"]["images"], "train_of": data["train"]["of"], "val_images": data["val"]["images"],
         "pretrain_epochs": a.pretrain_epochs, "pretrain_lr": a.pretrain_lr, "pretrain_wall_s": pre_wall,
+        "pretrain_top1": pre_history[-1]["val_top1"],
         "epochs": a.epochs, "lr": a.lr, "lr_step": a.lr_step, "sets": a.set, "start": start,
     }
     table = render(out)

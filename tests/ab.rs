@@ -1,6 +1,8 @@
 //! The A/B harness (scripts/ab.py, issue 13) on tiny synthetic IDX files: conversion,
-//! subsampling, one shared plain starting point, the arms' configs, the table and the JSON, the
-//! reuse of finished runs, the t-interval, and a clear error for a bad IDX file. No download.
+//! subsampling, one shared plain starting point (ResNet-18, or the scripted small CNN of
+//! scripts/ab_model.py re-saved with its pre-trained weights), the arms' configs, the table and
+//! the JSON, the reuse of finished runs, the t-interval, and a clear error for a bad IDX file.
+//! No download.
 
 mod common;
 
@@ -42,12 +44,18 @@ fn write_split(dir: &Path, prefix: &str, n: usize) {
     write_idx(&dir.join(format!("{prefix}-labels-idx1-ubyte")), &[n as u32], &labels);
 }
 
+/// ResNet-18 at 64 px.
 fn ab(idx: &Path, work: &Path) -> Output {
+    ab_with(idx, work, &["--input-size", "64"])
+}
+
+fn ab_with(idx: &Path, work: &Path, extra: &[&str]) -> Output {
     Command::new(python())
         .arg(root().join("scripts/ab.py"))
         .args(["--idx", s(idx), "--work", s(work), "--bin", env!("CARGO_BIN_EXE_groupcam")])
-        .args(["--seeds", "0", "--train-size", "18", "--input-size", "64", "--batch", "8"])
+        .args(["--seeds", "0", "--train-size", "18", "--batch", "8"])
         .args(["--pretrain-epochs", "1", "--epochs", "1", "--workers", "1", "--device", "cpu"])
+        .args(extra)
         .output()
         .expect("cannot run the venv's python: run `make venv` first")
 }
@@ -148,6 +156,69 @@ fn smoke_run_writes_the_table_and_json_and_reuses_finished_runs() {
     assert!(again.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&again.stderr));
     assert_eq!(stdout.matches(": reusing ").count(), 4, "{stdout}");
     assert_eq!(json(&work.join("ab.json"))["arms"]["faithful"]["top1_mean"], arms["faithful"]["top1_mean"]);
+}
+
+#[test]
+fn small_cnn_arms_start_from_the_pretrained_archive() {
+    // --arch small-cnn: scripts/ab_model.py's archive (random, seeded) is pre-trained through
+    // `weights:`, its final.safetensors loaded back into it as runs/pretrain/pretrained.pt, and
+    // every arm fine-tunes that archive. About 10 s.
+    let tmp = tempfile::tempdir().unwrap();
+    let (idx, work) = (tmp.path().join("idx"), tmp.path().join("work"));
+    std::fs::create_dir_all(&idx).unwrap();
+    write_split(&idx, "train", 24);
+    write_split(&idx, "t10k", 12);
+    let out = ab_with(&idx, &work, &["--arch", "small-cnn"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ab.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+
+    let r = json(&work.join("ab.json"));
+    // The archive's own input size (32) and its 8 x 8 target layer; a 3-way head for 3 classes.
+    assert_eq!((r["setup"]["input_size"].as_i64(), r["setup"]["target_layer"].as_str()), (Some(32), Some("8 x 8")));
+    let archive = work.join("model/small-cnn-s0-c3-32.pt");
+    assert!(archive.is_file());
+    let pre = &json(&work.join("runs/pretrain/ab-config.json"))["config"];
+    assert_eq!((pre["arch"].as_str(), pre["weights"].as_str()), (Some("torchscript"), Some(s(&archive))));
+    assert_eq!(pre["augment"]["enabled"], false);
+
+    // pretrained.pt holds exactly the pre-training's final tensors, and its PyTorch top-1 is
+    // the run's (to one image of 12).
+    let (pretrained, final_) = (work.join("runs/pretrain/pretrained.pt"), work.join("runs/pretrain/final.safetensors"));
+    let code = format!(
+        "import torch, safetensors.torch as st; m = torch.jit.load({:?}); f = st.load_file({:?}); h = m.state_dict(); \
+         print(set(h) == set(f) and all(torch.equal(h[k], f[k]) for k in f)); print(tuple(m(torch.zeros(2, 3, 32, 32)).shape))",
+        s(&pretrained),
+        s(&final_)
+    );
+    let check = Command::new(python()).args(["-c", &code]).output().unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert_eq!(text.lines().collect::<Vec<_>>(), ["True", "(2, 3)"], "{text}");
+    let stamp = json(&work.join("runs/pretrain/pretrained.pt.json"));
+    let (py, run) = (stamp["val_top1_pytorch"].as_f64().unwrap(), stamp["val_top1_run"].as_f64().unwrap());
+    assert!((py - run).abs() <= 1.01 / 12.0, "PyTorch {py} against the run's {run}");
+
+    let arms = r["arms"].as_object().unwrap();
+    assert_eq!(arms.keys().map(String::as_str).collect::<Vec<_>>(), ["control", "faithful", "fast"]);
+    for name in ["control", "faithful", "fast"] {
+        let cfg = &json(&work.join(format!("runs/{name}-s0/ab-config.json")))["config"];
+        assert_eq!(cfg["arch"], "torchscript", "{name}");
+        assert_eq!(cfg["weights"].as_str().unwrap(), s(&pretrained), "{name}");
+        assert_eq!(cfg["data"]["input_size"], 32, "{name}");
+    }
+    let fast = &json(&work.join("runs/fast-s0/ab-config.json"))["config"]["augment"];
+    assert_eq!(fast["score_size"], 16, "half the archive's input size");
+    assert_eq!(arms["control"]["augmented_mean"].as_f64(), Some(0.0));
+    assert!(arms["faithful"]["augmented_mean"].as_f64().unwrap() > 0.0);
+    let table = std::fs::read_to_string(work.join("ab.md")).unwrap();
+    assert!(table.contains("small-cnn at 32 px (8 x 8 target-layer positions)"), "{table}");
+
+    // Everything is reused on a second call, the converted starting point included.
+    let again = ab_with(&idx, &work, &["--arch", "small-cnn"]);
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(stdout.matches(": reusing ").count(), 4, "{stdout}");
+    assert!(!stdout.contains("pretrained: "), "pretrained.pt was converted again:\n{stdout}");
 }
 
 #[test]
