@@ -100,8 +100,8 @@ fn smoke_run_writes_the_table_and_json_and_reuses_finished_runs() {
 
     let r = json(&work.join("ab.json"));
     let arms = r["arms"].as_object().unwrap();
-    assert_eq!(arms.keys().map(String::as_str).collect::<Vec<_>>(), ["control", "faithful", "fast"]);
-    assert!(r["missing"]["cached"].is_string(), "the cached arm is listed as missing: {}", r["missing"]);
+    assert_eq!(arms.keys().map(String::as_str).collect::<Vec<_>>(), ["cached", "control", "faithful", "fast"]); // serde_json sorts keys
+    assert!(r["missing"].as_object().unwrap().is_empty(), "{}", r["missing"]);
     let start = work.join("runs/pretrain/final.safetensors");
     assert!(start.is_file());
     for (name, arm) in arms {
@@ -130,9 +130,13 @@ fn smoke_run_writes_the_table_and_json_and_reuses_finished_runs() {
     assert_eq!(cfg("control")["enabled"], false);
     assert_eq!(cfg("faithful")["enabled"], true);
     assert_eq!((cfg("fast")["probability"].as_f64(), cfg("fast")["score_size"].as_i64()), (Some(0.5), Some(32)));
+    assert_eq!(cfg("cached")["refresh"], 1);
+    assert!(aug("cached") > 0.0, "the cached arm masked nothing");
+    let cached = json(&work.join("runs/cached-s0/history.json"));
+    assert_eq!(cached[0]["maps_from_epoch"], 1, "one fine-tuning epoch, its maps made before it");
 
     // The paired difference per seed; one seed has no interval.
-    for n in ["faithful", "fast"] {
+    for n in ["faithful", "fast", "cached"] {
         let d = &arms[n]["diff"];
         let want = arms[n]["runs"][0]["top1"].as_f64().unwrap() - arms["control"]["runs"][0]["top1"].as_f64().unwrap();
         assert!((d["per_seed"][0].as_f64().unwrap() - want).abs() < 1e-12, "{n}: {d}");
@@ -143,7 +147,7 @@ fn smoke_run_writes_the_table_and_json_and_reuses_finished_runs() {
     let top1 = format!("{:.2}", 100.0 * arms["faithful"]["top1_mean"].as_f64().unwrap());
     let faithful_row = table.lines().find(|l| l.starts_with("| faithful |")).expect("a faithful row");
     assert!(faithful_row.contains(&top1), "{faithful_row} lacks {top1}");
-    for row in ["| control |", "| fast |", "| cached | missing"] {
+    for row in ["| control |", "| fast |", "| cached | G = 16, maps of whole images cached"] {
         assert!(table.contains(row), "no '{row}' row in\n{table}");
     }
     assert!(table.contains("12 images) as validation"), "{table}");
@@ -154,7 +158,7 @@ fn smoke_run_writes_the_table_and_json_and_reuses_finished_runs() {
     let again = ab(&idx, &work);
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(again.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&again.stderr));
-    assert_eq!(stdout.matches(": reusing ").count(), 4, "{stdout}");
+    assert_eq!(stdout.matches(": reusing ").count(), 5, "{stdout}");
     assert_eq!(json(&work.join("ab.json"))["arms"]["faithful"]["top1_mean"], arms["faithful"]["top1_mean"]);
 }
 
@@ -199,8 +203,8 @@ fn small_cnn_arms_start_from_the_pretrained_archive() {
     assert!((py - run).abs() <= 1.01 / 12.0, "PyTorch {py} against the run's {run}");
 
     let arms = r["arms"].as_object().unwrap();
-    assert_eq!(arms.keys().map(String::as_str).collect::<Vec<_>>(), ["control", "faithful", "fast"]);
-    for name in ["control", "faithful", "fast"] {
+    assert_eq!(arms.keys().map(String::as_str).collect::<Vec<_>>(), ["cached", "control", "faithful", "fast"]); // serde_json sorts keys
+    for name in ["control", "faithful", "fast", "cached"] {
         let cfg = &json(&work.join(format!("runs/{name}-s0/ab-config.json")))["config"];
         assert_eq!(cfg["arch"], "torchscript", "{name}");
         assert_eq!(cfg["weights"].as_str().unwrap(), s(&pretrained), "{name}");
@@ -217,7 +221,7 @@ fn small_cnn_arms_start_from_the_pretrained_archive() {
     let again = ab_with(&idx, &work, &["--arch", "small-cnn"]);
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(again.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&again.stderr));
-    assert_eq!(stdout.matches(": reusing ").count(), 4, "{stdout}");
+    assert_eq!(stdout.matches(": reusing ").count(), 5, "{stdout}");
     assert!(!stdout.contains("pretrained: "), "pretrained.pt was converted again:\n{stdout}");
 }
 

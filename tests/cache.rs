@@ -56,8 +56,7 @@ fn meta(data: &ImageFolder, side: u32, epoch: usize) -> CacheMeta {
 fn build(model: &Model, data: &ImageFolder, side: u32, dir: &Path) -> SaliencyCache {
     let m = meta(data, side, 0);
     let whole = loader(data.clone(), Transform::Whole { size: S });
-    let stats =
-        cache::write_part(model, &GroupCamAugment::default(), &whole, &m, 0, dir, Device::Cpu).unwrap();
+    let stats = cache::write_part(model, &GroupCamAugment::default(), &whole, &m, 0, dir, Device::Cpu).unwrap();
     assert_eq!(stats.images, data.len());
     cache::publish(dir, &m).unwrap();
     SaliencyCache::open(dir, &m, 0, 1.0).unwrap().unwrap()
@@ -87,7 +86,8 @@ fn cached_masks_are_the_fresh_masks_and_follow_the_crop_and_the_flip() {
     // The fresh masks of the whole images, as the augmentation makes them.
     let whole = loader(data.clone(), Transform::Whole { size: S });
     let batch = whole.make_batch(0, &(0..data.len()).collect::<Vec<_>>(), &mut Default::default()).unwrap();
-    let (maps, constant) = GroupCamAugment::default().maps_for(&model, &batch.images(Device::Cpu), &batch.labels).unwrap();
+    let (maps, constant) =
+        GroupCamAugment::default().maps_for(&model, &batch.images(Device::Cpu), &batch.labels).unwrap();
     let fresh = binarize(&maps, &Tensor::from_slice(&constant), Threshold::ImageMean);
     // Random weights leave some maps constant (every group's gain <= 0): those pass through
     // both ways, and enough others are left to compare.
@@ -208,10 +208,7 @@ fn a_cached_run_refreshes_on_schedule_and_resumes_bit_for_bit() {
     assert_eq!(h[1]["refresh_every"].as_u64(), Some(2));
     assert!(h[1]["augmented_fraction"].as_f64().unwrap() > 0.0 && h[0]["augmented_fraction"].as_f64() == Some(0.0));
     let n = ImageFolder::open(&data.join("train")).unwrap().len();
-    assert_eq!(
-        std::fs::metadata(run.join("saliency-cache/part-0-of-1.u8")).unwrap().len(),
-        cache::bytes_needed(n, 24)
-    );
+    assert_eq!(std::fs::metadata(run.join("saliency-cache/part-0-of-1.u8")).unwrap().len(), cache::bytes_needed(n, 24));
     let listed: CacheMeta =
         serde_json::from_str(&std::fs::read_to_string(run.join("saliency-cache/cache.json")).unwrap()).unwrap();
     assert_eq!((listed.epoch, listed.side, listed.samples), (3, 24, n));

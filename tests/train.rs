@@ -577,7 +577,8 @@ fn byte_batches_normalise_to_the_former_floats_bit_for_bit() {
     let data = tiny_data(dir.path(), 2);
     let t = Transform::Train { size: 48, scale: (0.5, 1.0), ratio: (0.75, 1.33), flip: 0.5 };
     for norm in [Normalization::IMAGENET, Normalization::TF_LITE] {
-        let loader = Loader { norm, data: ImageFolder::open(&data.join("train")).unwrap(), ..folder_of(0, 4, t, 2, vec![]) };
+        let loader =
+            Loader { norm, data: ImageFolder::open(&data.join("train")).unwrap(), ..folder_of(0, 4, t, 2, vec![]) };
         let b = loader.make_batch(0, &[0, 1, 2, 3], &mut Default::default()).unwrap();
         assert_eq!((b.pixels.kind(), b.len()), (tch::Kind::Uint8, 4));
         let px = Vec::<u8>::try_from(b.pixels.flatten(0, -1)).unwrap();
@@ -596,11 +597,18 @@ fn byte_batches_normalise_to_the_former_floats_bit_for_bit() {
         assert_eq!(got.len(), want.len());
         let differ = got.iter().zip(&want).filter(|(g, w)| g.to_bits() != w.to_bits()).count();
         assert_eq!(differ, 0, "{norm:?}: {differ} values differ from the former path");
-        let d = max_abs_diff(&transforms::normalize_bytes(&b.pixels, &norm), &norm.apply(&(b.pixels.to_kind(tch::Kind::Float) / 255.0)));
+        let d = max_abs_diff(
+            &transforms::normalize_bytes(&b.pixels, &norm),
+            &norm.apply(&(b.pixels.to_kind(tch::Kind::Float) / 255.0)),
+        );
         assert!(d < 1e-5, "{d}");
     }
     if !tch::Cuda::is_available() {
-        let loader = Loader { pin_memory: true, data: ImageFolder::open(&data.join("train")).unwrap(), ..folder_of(0, 4, t, 2, vec![]) };
+        let loader = Loader {
+            pin_memory: true,
+            data: ImageFolder::open(&data.join("train")).unwrap(),
+            ..folder_of(0, 4, t, 2, vec![])
+        };
         let e = format!("{:#}", loader.make_batch(0, &[0], &mut Default::default()).err().expect("pinning needs CUDA"));
         assert!(e.contains("page-locked"), "{e}");
     }

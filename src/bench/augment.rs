@@ -15,8 +15,8 @@ use rand::SeedableRng;
 use super::{Report, Table, sync, time_interleaved};
 use crate::augment::{GroupCamAugment, cache, compose};
 use crate::data::transforms::{self, Placed};
-use crate::ops::Blur;
 use crate::models::{Arch, CamModel, Model};
+use crate::ops::Blur;
 
 pub struct AugmentBench {
     pub archs: Vec<Arch>,
@@ -97,7 +97,8 @@ pub fn run(b: &AugmentBench, device: Device) -> Result<Report> {
             .map(|_| Vec::<u8>::try_from(Tensor::randint(256, [(side * side) as i64], (Kind::Uint8, Device::Cpu))))
             .collect::<Result<_, _>>()?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-        let crop = crate::data::Transform::Train { size: s as u32, scale: (0.08, 1.0), ratio: (0.75, 4.0 / 3.0), flip: 0.5 };
+        let crop =
+            crate::data::Transform::Train { size: s as u32, scale: (0.08, 1.0), ratio: (0.75, 4.0 / 3.0), flip: 0.5 };
         let mut cached = || -> Result<()> {
             let mut masks = vec![0u8; (b.batch * s * s) as usize];
             for (map, dst) in maps.iter().zip(masks.chunks_exact_mut((s * s) as usize)) {
@@ -178,8 +179,7 @@ pub fn run(b: &AugmentBench, device: Device) -> Result<Report> {
         ]);
         for k in [1, 5, 20] {
             let refreshes = SCHEDULE_EPOCHS.div_ceil(k) as f64;
-            epochs_cost
-                .push((format!("cached, K = {k}"), SCHEDULE_EPOCHS as f64 * ratio + refreshes * refresh_steps));
+            epochs_cost.push((format!("cached, K = {k}"), SCHEDULE_EPOCHS as f64 * ratio + refreshes * refresh_steps));
         }
         let mut sched = Table::new(&["arch", "setting", &format!("{SCHEDULE_EPOCHS} epochs in plain epochs")]);
         sched.push(vec![arch.to_string(), "plain".into(), format!("{SCHEDULE_EPOCHS}")]);

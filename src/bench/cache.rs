@@ -95,7 +95,8 @@ pub fn run(b: &CacheBench, device: Device) -> Result<Report> {
             .map(|p| {
                 let (dx, dy) = loop {
                     let (dx, dy) = (rng.random_range(-2i32..=2) as f64, rng.random_range(-2i32..=2) as f64);
-                    let inside = p.x + dx >= 0.0 && p.y + dy >= 0.0 && p.x + dx + p.w <= w as f64 && p.y + dy + p.h <= h as f64;
+                    let inside =
+                        p.x + dx >= 0.0 && p.y + dy >= 0.0 && p.x + dx + p.w <= w as f64 && p.y + dy + p.h <= h as f64;
                     if (dx, dy) != (0.0, 0.0) && inside || (p.w == w as f64 && p.h == h as f64) {
                         break (dx, dy);
                     }
@@ -104,8 +105,10 @@ pub fn run(b: &CacheBench, device: Device) -> Result<Report> {
             })
             .collect();
         for (chunk, moved) in boxes.chunks(8).zip(moved.chunks(8)) {
-            let xs: Vec<Tensor> = chunk.iter().map(|p| crop_tensor(&img, p, &model, &mut scratch)).collect::<Result<_>>()?;
-            let ms: Vec<Tensor> = moved.iter().map(|p| crop_tensor(&img, p, &model, &mut scratch)).collect::<Result<_>>()?;
+            let xs: Vec<Tensor> =
+                chunk.iter().map(|p| crop_tensor(&img, p, &model, &mut scratch)).collect::<Result<_>>()?;
+            let ms: Vec<Tensor> =
+                moved.iter().map(|p| crop_tensor(&img, p, &model, &mut scratch)).collect::<Result<_>>()?;
             let (f, fm) = (fresh(&aug, &model, &xs, class, device)?, fresh(&aug, &model, &ms, class, device)?);
             for (j, p) in chunk.iter().enumerate() {
                 let area = p.w * p.h / (w as f64 * h as f64);

@@ -276,10 +276,16 @@ impl Loader {
             // A decoder error is the file's fault (skipped and counted); a panic is the
             // transform's or its settings' (the run stops, naming the image it happened on).
             let panicked = |p: Box<dyn std::any::Any + Send>| {
-                anyhow!("the {:?} transform panicked on {}: {}", self.transform, path.display(), panic_message(p.as_ref()))
+                anyhow!(
+                    "the {:?} transform panicked on {}: {}",
+                    self.transform,
+                    path.display(),
+                    panic_message(p.as_ref())
+                )
             };
-            let loaded = catch_unwind(AssertUnwindSafe(|| transforms::load_into(path, self.transform, &mut rng, scratch, dst)))
-                .map_err(panicked)?;
+            let loaded =
+                catch_unwind(AssertUnwindSafe(|| transforms::load_into(path, self.transform, &mut rng, scratch, dst)))
+                    .map_err(panicked)?;
             match loaded {
                 Ok(placed) => {
                     if let (Some(cache), Some(mb)) = (&self.saliency, mask_buf.as_mut()) {

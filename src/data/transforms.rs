@@ -46,15 +46,9 @@ pub fn params(width: u32, height: u32, t: Transform, rng: &mut impl Rng) -> Resu
             let flip = rng.random::<f64>() < flip;
             Ok(CropParams { x: x as f64, y: y as f64, w: w as f64, h: h as f64, size, flip, crop_first: true })
         }
-        Transform::Whole { size } => Ok(CropParams {
-            x: 0.0,
-            y: 0.0,
-            w: width as f64,
-            h: height as f64,
-            size,
-            flip: false,
-            crop_first: true,
-        }),
+        Transform::Whole { size } => {
+            Ok(CropParams { x: 0.0, y: 0.0, w: width as f64, h: height as f64, size, flip: false, crop_first: true })
+        }
         Transform::Eval { size, resize } => {
             let (w, h) = (width as f64, height as f64);
             if width == size && height == size {

@@ -423,10 +423,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     let caching = cfg.augment.enabled && cfg.augment.refresh.every().is_some();
     if caching && main {
         // Refused before any work: a full disk found at the first refresh would waste the set-up.
-        cache::check_space(
-            &RunDir::of(cfg).cache,
-            cache::bytes_needed(loaders.train.data.len(), cfg.cache_side()),
-        )?;
+        cache::check_space(&RunDir::of(cfg).cache, cache::bytes_needed(loaders.train.data.len(), cfg.cache_side()))?;
     }
     let mut model = build_model(cfg, loaders.num_classes(), &loaders.train.data.root, device)?;
     // A scripted model's preprocessing comes with it.
@@ -562,10 +559,7 @@ impl Run<'_> {
         let bar = self.console.bars.add(ProgressBar::new(steps as u64));
         bar.set_style(ProgressStyle::with_template("  {pos}/{len} [{bar:30}] {msg} ETA {eta}")?);
         let start = Instant::now();
-        let mut stats = EpochStats {
-            cache: self.cfg.augment.refresh.every().zip(cached),
-            ..Default::default()
-        };
+        let mut stats = EpochStats { cache: self.cfg.augment.refresh.every().zip(cached), ..Default::default() };
         let mut correct = Tensor::zeros([], (Kind::Int64, self.device));
         self.model.set_training(!self.cfg.train.freeze_bn);
         for batch in self.loaders.train.epoch_of(epoch, plan, 0).take(steps) {
@@ -1159,11 +1153,7 @@ fn make_probe(val: &Loader, n: usize, seed: u64, dir: &Path, device: Device) -> 
         crate::atomic::write_bytes(&listed, &serde_json::to_vec_pretty(&entries)?)?;
     }
     let photos = batch.pixels.to_kind(Kind::Float) / 255.0;
-    Ok(Some(saliency::Probe {
-        images: batch.images(device),
-        labels: Vec::<i64>::try_from(&batch.labels)?,
-        photos,
-    }))
+    Ok(Some(saliency::Probe { images: batch.images(device), labels: Vec::<i64>::try_from(&batch.labels)?, photos }))
 }
 
 /// Saves the epoch's grid as a PNG and returns it for TensorBoard.
