@@ -56,7 +56,8 @@ fn meta(data: &ImageFolder, side: u32, epoch: usize) -> CacheMeta {
 fn build(model: &Model, data: &ImageFolder, side: u32, dir: &Path) -> SaliencyCache {
     let m = meta(data, side, 0);
     let whole = loader(data.clone(), Transform::Whole { size: S });
-    let stats = cache::write_part(model, &GroupCamAugment::default(), &whole, &m, 0, dir, Device::Cpu).unwrap();
+    let stats =
+        cache::write_part(model, &GroupCamAugment::default(), &whole, &m, 0, dir, Device::Cpu, &|| false).unwrap();
     assert_eq!(stats.images, data.len());
     cache::publish(dir, &m).unwrap();
     SaliencyCache::open(dir, &m, 0, 1.0).unwrap().unwrap()
@@ -154,6 +155,18 @@ fn stale_foreign_and_broken_caches_are_refused_with_the_reason() {
     assert!(std::fs::read_dir(&at).unwrap().next().is_none(), "clear leaves the directory empty");
     let why = SaliencyCache::open(&at, &meta(&data, 8, 0), 0, 1.0).unwrap().unwrap_err();
     assert_eq!(why, "no cache yet");
+    // A pass stopped (Ctrl-C) before its second batch leaves no part behind.
+    let calls = std::cell::Cell::new(0);
+    let stop = || {
+        calls.set(calls.get() + 1);
+        calls.get() > 1
+    };
+    let whole = loader(data.clone(), Transform::Whole { size: S });
+    let e =
+        cache::write_part(&model, &GroupCamAugment::default(), &whole, &meta(&data, 8, 0), 0, &at, Device::Cpu, &stop)
+            .unwrap_err();
+    assert!(e.downcast_ref::<cache::Stopped>().is_some_and(|s| s.done == 4), "{e:#}");
+    assert!(std::fs::read_dir(&at).unwrap().next().is_none(), "a stopped pass left a file");
     let e = cache::check_space(&at, u64::MAX / 4).unwrap_err().to_string();
     assert!(e.contains("needs") && e.contains("GB") && e.contains(&at.display().to_string()), "{e}");
     assert_eq!(cache::due_epoch(7, 1, 5), 6);
@@ -206,6 +219,8 @@ fn a_cached_run_refreshes_on_schedule_and_resumes_bit_for_bit() {
     let from: Vec<Option<u64>> = (0..4).map(|e| h[e]["maps_from_epoch"].as_u64()).collect();
     assert_eq!(from, vec![None, Some(2), Some(2), Some(4)]);
     assert_eq!(h[1]["refresh_every"].as_u64(), Some(2));
+    let refreshed: Vec<bool> = (0..4).map(|e| h[e]["refresh_seconds"].as_f64().is_some_and(|s| s > 0.0)).collect();
+    assert_eq!(refreshed, vec![false, true, false, true], "the epochs whose refresh pass is recorded");
     assert!(h[1]["augmented_fraction"].as_f64().unwrap() > 0.0 && h[0]["augmented_fraction"].as_f64() == Some(0.0));
     let n = ImageFolder::open(&data.join("train")).unwrap().len();
     assert_eq!(std::fs::metadata(run.join("saliency-cache/part-0-of-1.u8")).unwrap().len(), cache::bytes_needed(n, 24));

@@ -260,10 +260,20 @@ pub struct RefreshStats {
     pub seconds: f64,
 }
 
+/// A refresh pass that `stop` ended early (Ctrl-C): nothing of its part was kept.
+#[derive(Debug, thiserror::Error)]
+#[error("the saliency cache's refresh pass was stopped after {done} of {of} images")]
+pub struct Stopped {
+    pub done: usize,
+    pub of: usize,
+}
+
 /// Computes this rank's part of the cache into `dir`: the maps of its shard of `loader`'s
 /// samples (whose transform is [`crate::data::Transform::Whole`]) with `aug`'s map step, in
 /// batches of `loader.batch_size`, written atomically. An unreadable image gets a zero map (its
-/// training reads will skip it anyway).
+/// training reads will skip it anyway). `stop` is asked before each batch; when it says yes the
+/// pass ends with [`Stopped`] and leaves no part file.
+#[allow(clippy::too_many_arguments)]
 pub fn write_part(
     model: &dyn CamModel,
     aug: &GroupCamAugment,
@@ -272,6 +282,7 @@ pub fn write_part(
     rank: usize,
     dir: &Path,
     device: Device,
+    stop: &dyn Fn() -> bool,
 ) -> Result<RefreshStats> {
     let start = std::time::Instant::now();
     let mine = shard(loader.data.len(), rank, meta.world);
@@ -284,6 +295,9 @@ pub fn write_part(
     crate::atomic::write_with(&path, |tmp| {
         let mut out = std::io::BufWriter::with_capacity(1 << 22, std::fs::File::create(tmp)?);
         for (idx, batch) in batches.iter().zip(loader.epoch_of(0, batches.clone(), 0)) {
+            if stop() {
+                return Err(Stopped { done: stats.images + stats.unreadable, of: mine.len() }.into());
+            }
             let batch = batch?;
             let rows = if batch.is_empty() {
                 Vec::new()

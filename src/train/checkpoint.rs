@@ -38,6 +38,9 @@ pub struct EpochRecord {
     pub refresh_every: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maps_from_epoch: Option<usize>,
+    /// The seconds of the refresh pass before this epoch (not in `seconds`), when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_seconds: Option<f64>,
 }
 
 /// Everything besides tensors that a resumed run needs.

@@ -293,6 +293,8 @@ impl Console {
 pub struct EpochStats {
     /// With cached maps: the refresh interval, and the 1-based epoch whose weights made them.
     pub cache: Option<(usize, usize)>,
+    /// The refresh pass before the epoch, when it had one (not in `seconds`).
+    pub refresh_seconds: Option<f64>,
     pub loss_sum: f64,
     pub seen: i64,
     pub correct: i64,
@@ -314,6 +316,7 @@ impl EpochStats {
             skipped: s[4] as usize,
             seconds: self.seconds,
             cache: self.cache,
+            refresh_seconds: self.refresh_seconds,
         })
     }
 
@@ -335,6 +338,7 @@ impl EpochStats {
             seconds: self.seconds,
             refresh_every: self.cache.map(|c| c.0),
             maps_from_epoch: self.cache.map(|c| c.1),
+            refresh_seconds: self.refresh_seconds,
             ..Default::default()
         }
     }
@@ -355,6 +359,8 @@ struct Run<'a> {
     meta: Meta,
     saliency: SaliencyTracker,
     named_skips: HashSet<PathBuf>,
+    /// The seconds of this epoch's refresh pass, when it had one.
+    refresh_seconds: Option<f64>,
 }
 
 pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
@@ -501,6 +507,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         meta,
         saliency,
         named_skips: HashSet::new(),
+        refresh_seconds: None,
     };
     if let Some(g) = grid {
         run.logged(|tb| tb.image("saliency/probe", &g, 0))?;
@@ -549,6 +556,7 @@ impl Run<'_> {
                 .wrapping_add(epoch as i64)
                 .wrapping_add(rank.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as i64)),
         );
+        self.refresh_seconds = None;
         self.loaders.train.saliency = match (augmenting, self.cfg.augment.refresh.every()) {
             (true, Some(every)) => Some(std::sync::Arc::new(self.saliency_cache(epoch, every)?)),
             _ => None,
@@ -559,7 +567,11 @@ impl Run<'_> {
         let bar = self.console.bars.add(ProgressBar::new(steps as u64));
         bar.set_style(ProgressStyle::with_template("  {pos}/{len} [{bar:30}] {msg} ETA {eta}")?);
         let start = Instant::now();
-        let mut stats = EpochStats { cache: self.cfg.augment.refresh.every().zip(cached), ..Default::default() };
+        let mut stats = EpochStats {
+            cache: self.cfg.augment.refresh.every().zip(cached),
+            refresh_seconds: self.refresh_seconds,
+            ..Default::default()
+        };
         let mut correct = Tensor::zeros([], (Kind::Int64, self.device));
         self.model.set_training(!self.cfg.train.freeze_bn);
         for batch in self.loaders.train.epoch_of(epoch, plan, 0).take(steps) {
@@ -696,7 +708,13 @@ impl Run<'_> {
             saliency: None,
             ..self.loaders.train.clone()
         };
-        let stats = cache::write_part(&self.model, &self.augmenter, &whole, &want, rank, &dir, self.device)?;
+        let stop = crate::interrupt::requested;
+        let stats = cache::write_part(&self.model, &self.augmenter, &whole, &want, rank, &dir, self.device, &stop)
+            .map_err(|e| match e.downcast_ref::<cache::Stopped>() {
+                Some(s) => interrupted(self, format!("{s}, before epoch {}", epoch + 1)),
+                None => e,
+            })?;
+        self.refresh_seconds = Some(stats.seconds);
         self.barrier()?;
         if self.writes() {
             cache::publish(&dir, &want)?;
