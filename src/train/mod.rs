@@ -711,7 +711,15 @@ impl Run<'_> {
         let stop = crate::interrupt::requested;
         let stats = cache::write_part(&self.model, &self.augmenter, &whole, &want, rank, &dir, self.device, &stop)
             .map_err(|e| match e.downcast_ref::<cache::Stopped>() {
-                Some(s) => interrupted(self, format!("{s}, before epoch {}", epoch + 1)),
+                Some(s) => interrupted(
+                    self,
+                    format!(
+                        "the saliency cache's refresh pass before epoch {} ({} of {} images done, none kept)",
+                        epoch + 1,
+                        s.done,
+                        s.of
+                    ),
+                ),
                 None => e,
             })?;
         self.refresh_seconds = Some(stats.seconds);
@@ -876,7 +884,10 @@ fn summary_line(rec: &EpochRecord, epochs: usize) -> String {
             + &rec
                 .refresh_every
                 .zip(rec.maps_from_epoch)
-                .map(|(k, e)| format!(" (cached maps: refreshed every {k} epochs, these from before epoch {e})"))
+                .map(|(k, e)| {
+                    let every = if k == 1 { "epoch".to_string() } else { format!("{k} epochs") };
+                    format!(" (cached maps: refreshed every {every}, these from before epoch {e})")
+                })
                 .unwrap_or_default()
     )
 }
