@@ -46,7 +46,7 @@ bench: build
 # scripted CNN at 32 px); AB_ARGS adds options or overrides them (later ones win), e.g.
 # AB_ARGS="--threads 2 --device cpu" as the README's run, or "--arm cached:augment.refresh=5".
 AB_DATA ?= .venv/data/fashion-mnist
-AB_SETTINGS ?= --arch small-cnn --train-size 6000 --pretrain-epochs 3 --pretrain-lr 0.02 --epochs 2 --lr 0.01 --lr-step 1 --batch 64 --seeds 0,1,2 --cache-refresh 1 --cache-size 32
+AB_SETTINGS ?= --arch small-cnn --train-size 6000 --pretrain-epochs 3 --pretrain-lr 0.02 --epochs 2 --lr 0.01 --lr-step 1 --batch 64 --seeds 0,1,2 --cache-refresh 1 --cache-size 32 --arm cached-k2:augment.refresh=2,augment.cache_size=32
 AB_ARGS ?=
 ab-data:
 	scripts/fetch-fashion-mnist.sh $(AB_DATA)
