@@ -287,8 +287,7 @@ pub fn write_part(
     let start = std::time::Instant::now();
     let mine = shard(loader.data.len(), rank, meta.world);
     let batches: Vec<Vec<usize>> = mine.chunks(loader.batch_size.max(1)).map(|c| c.to_vec()).collect();
-    let side = meta.side as i64;
-    let row = (side * side) as usize;
+    let row = (meta.side * meta.side) as usize;
     let mut stats = RefreshStats::default();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(part_name(rank, meta.world));
@@ -304,8 +303,7 @@ pub fn write_part(
             } else {
                 let x = batch.images(device);
                 let (maps, constant) = aug.maps_for(model, &x, &batch.labels)?;
-                let small = maps.adaptive_avg_pool2d([side, side]);
-                let bytes = (small * 255.0).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).to_device(Device::Cpu);
+                let bytes = to_cache(&maps, meta.side);
                 let mut rows = vec![0u8; constant.len() * row];
                 let len = rows.len();
                 bytes.copy_data_u8(&mut rows, len);
@@ -336,6 +334,13 @@ pub fn write_part(
     })?;
     stats.seconds = start.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// Maps (m x 1 x H x W in [0, 1]) as the cache stores them: area-averaged to `side` x `side`
+/// and `round(255 map)` bytes, on the CPU.
+pub fn to_cache(maps: &Tensor, side: u32) -> Tensor {
+    let small = maps.adaptive_avg_pool2d([side as i64, side as i64]);
+    (small * 255.0).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).to_device(Device::Cpu)
 }
 
 /// Publishes a cache whose parts are all written: its description, last and atomically.

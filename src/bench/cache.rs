@@ -81,11 +81,7 @@ pub fn run(b: &CacheBench, device: Device) -> Result<Report> {
         let stored: Vec<Vec<u8>> = b
             .sides
             .iter()
-            .map(|&side| {
-                let small = map.adaptive_avg_pool2d([side as i64, side as i64]);
-                let bytes = (small * 255.0).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).to_device(Device::Cpu);
-                Vec::<u8>::try_from(bytes.flatten(0, -1))
-            })
+            .map(|&side| Vec::<u8>::try_from(cache::to_cache(&map, side).flatten(0, -1)))
             .collect::<Result<_, _>>()?;
         let boxes: Vec<CropParams> =
             (0..b.crops).map(|_| transforms::params(w, h, train, &mut rng)).collect::<Result<_>>()?;

@@ -393,7 +393,7 @@ fn breakdown(data: &ImageFolder, b: &LoaderBench) -> Result<(Table, PixelDiff)> 
     row("truncation check (in decode)", times[1], times[1]);
     row("decode to RGB", times[2], times[3]);
     row("crop + resize (+ flip, old)", times[4], times[5]);
-    row("to floats, flip (new), normalise, batch", times[6], times[7]);
+    row("old: floats, normalise, stack; new: bytes + flip, normalise", times[6], times[7]);
     let (old, new) = (times[0] + times[2] + times[4] + times[6], times[0] + times[3] + times[5] + times[7]);
     row("total", old, new);
     Ok((table, diff))

@@ -36,8 +36,10 @@ pub enum BenchCommand {
 
 #[derive(Args)]
 pub struct CacheArgs {
+    /// Architecture of the model whose maps are compared.
     #[arg(long, default_value = "efficientnet-lite0", value_parser = choice::parser::<Arch>())]
     arch: Arch,
+    /// Its trained weights (random weights give maps that say nothing).
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Real photos (their maps are what is compared).
@@ -49,10 +51,13 @@ pub struct CacheArgs {
     /// Cache sides to compare.
     #[arg(long, value_delimiter = ',', default_value = "56,224")]
     sides: Vec<u32>,
+    /// The crops' and the whole image's side (data.input_size).
     #[arg(long, default_value_t = 224)]
     input_size: u32,
+    /// G of the augmentation's maps.
     #[arg(long, default_value_t = 16)]
     groups: i64,
+    /// Seed of the crop boxes and their 2 px moves.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }

@@ -359,8 +359,6 @@ struct Run<'a> {
     meta: Meta,
     saliency: SaliencyTracker,
     named_skips: HashSet<PathBuf>,
-    /// The seconds of this epoch's refresh pass, when it had one.
-    refresh_seconds: Option<f64>,
 }
 
 pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
@@ -507,7 +505,6 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         meta,
         saliency,
         named_skips: HashSet::new(),
-        refresh_seconds: None,
     };
     if let Some(g) = grid {
         run.logged(|tb| tb.image("saliency/probe", &g, 0))?;
@@ -556,22 +553,22 @@ impl Run<'_> {
                 .wrapping_add(epoch as i64)
                 .wrapping_add(rank.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as i64)),
         );
-        self.refresh_seconds = None;
-        self.loaders.train.saliency = match (augmenting, self.cfg.augment.refresh.every()) {
-            (true, Some(every)) => Some(std::sync::Arc::new(self.saliency_cache(epoch, every)?)),
-            _ => None,
+        let (cache, refresh_seconds) = match (augmenting, self.cfg.augment.refresh.every()) {
+            (true, Some(every)) => {
+                let (c, secs) = self.saliency_cache(epoch, every)?;
+                (Some(std::sync::Arc::new(c)), secs)
+            }
+            _ => (None, None),
         };
+        self.loaders.train.saliency = cache;
         let cached = self.loaders.train.saliency.as_ref().map(|c| c.meta().epoch + 1);
         let plan = self.train_batches(epoch);
         let steps = plan.len().min(self.cfg.train.max_steps.unwrap_or(usize::MAX));
         let bar = self.console.bars.add(ProgressBar::new(steps as u64));
         bar.set_style(ProgressStyle::with_template("  {pos}/{len} [{bar:30}] {msg} ETA {eta}")?);
         let start = Instant::now();
-        let mut stats = EpochStats {
-            cache: self.cfg.augment.refresh.every().zip(cached),
-            refresh_seconds: self.refresh_seconds,
-            ..Default::default()
-        };
+        let mut stats =
+            EpochStats { cache: self.cfg.augment.refresh.every().zip(cached), refresh_seconds, ..Default::default() };
         let mut correct = Tensor::zeros([], (Kind::Int64, self.device));
         self.model.set_training(!self.cfg.train.freeze_bn);
         for batch in self.loaders.train.epoch_of(epoch, plan, 0).take(steps) {
@@ -660,8 +657,8 @@ impl Run<'_> {
 
     /// The saliency cache `epoch` trains with (see [`cache`]): the one on disk when its maps
     /// come from the due refresh epoch or later, else rebuilt now with the current weights, each
-    /// rank computing its shard. Every rank takes the same decision.
-    fn saliency_cache(&mut self, epoch: usize, every: usize) -> Result<cache::SaliencyCache> {
+    /// rank computing its shard (with the pass's seconds). Every rank takes the same decision.
+    fn saliency_cache(&mut self, epoch: usize, every: usize) -> Result<(cache::SaliencyCache, Option<f64>)> {
         let cfg = self.cfg;
         let start = cfg.pretrain.as_ref().map_or(0, |p| p.epochs);
         let due = cache::due_epoch(epoch, start, every);
@@ -682,7 +679,7 @@ impl Run<'_> {
         let opened = cache::SaliencyCache::open(&dir, &want, due, p)?;
         let stale = self.trainer.any_rank(opened.is_err())?;
         let why = match opened {
-            Ok(c) if !stale => return Ok(c),
+            Ok(c) if !stale => return Ok((c, None)),
             Ok(_) => "another rank cannot read it".to_string(),
             Err(why) => why,
         };
@@ -722,7 +719,6 @@ impl Run<'_> {
                 ),
                 None => e,
             })?;
-        self.refresh_seconds = Some(stats.seconds);
         self.barrier()?;
         if self.writes() {
             cache::publish(&dir, &want)?;
@@ -745,7 +741,7 @@ impl Run<'_> {
             if stats.constant > 0 { format!(", {} constant (passed through)", stats.constant) } else { String::new() },
             s = cfg.cache_side()
         ));
-        Ok(opened)
+        Ok((opened, Some(seconds)))
     }
 
     /// Waits for every rank (nothing alone).
