@@ -18,8 +18,17 @@ fn equal(a: &Tensor, b: &Tensor) -> bool {
     a.size() == b.size() && a.equal(b)
 }
 
+/// The Randomizer seeds torch's global generator and then draws from it: tests of this file that
+/// ran at once in one process drew from each other's sequence (a layer re-drawn differently,
+/// failing now one test, now another). They take turns.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn every_architecture_splits_into_layers_that_own_each_variable_once() {
+    let _one = one_at_a_time();
     // A conv with its BatchNorm, each residual/MBConv block, each linear layer.
     let want = [
         (Arch::Resnet18, 10),
@@ -59,6 +68,7 @@ fn trained_looking(arch: Arch) -> Model {
 
 #[test]
 fn set_randomises_exactly_the_layers_asked_and_leaves_the_model_alone() {
+    let _one = one_at_a_time();
     let model = trained_looking(Arch::Resnet18);
     let before = model.vs.variables();
     let mut r = Randomizer::new(&model, 3).unwrap();
@@ -87,6 +97,7 @@ fn set_randomises_exactly_the_layers_asked_and_leaves_the_model_alone() {
 
 #[test]
 fn group_cam_maps_lose_their_likeness_under_cascade_randomisation() {
+    let _one = one_at_a_time();
     let model = Model::load(Arch::EfficientNetLite0, &effnet_weights(), Device::Cpu).unwrap();
     let (x, _) = imageio::load_batch(&[photo("chelsea.png"), photo("coffee.png")], 224, &model.input_norm()).unwrap();
     let classes = argmax_classes(&model, &x).unwrap();
@@ -112,6 +123,7 @@ fn group_cam_maps_lose_their_likeness_under_cascade_randomisation() {
 
 #[test]
 fn independent_randomisation_changes_one_layer_at_a_time() {
+    let _one = one_at_a_time();
     let model = Model::new(Arch::Resnet18, 4, Device::Cpu);
     let x = Tensor::randn([1, 3, 64, 64], (tch::Kind::Float, Device::Cpu));
     let classes = [2];
