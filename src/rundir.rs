@@ -33,23 +33,23 @@ pub enum Reuse {
 
 /// Why a run directory cannot be used; the CLI matches these to suggest a flag.
 #[derive(Debug)]
-pub enum RunDirError {
+pub enum RunLockError {
     /// Another live process holds the lock.
     Locked { dir: PathBuf, pid: Option<u32> },
     /// The directory holds a run and neither resume nor overwrite was asked for.
     HoldsRun { dir: PathBuf, found: &'static str },
 }
 
-impl fmt::Display for RunDirError {
+impl fmt::Display for RunLockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RunDirError::Locked { dir, pid } => write!(
+            RunLockError::Locked { dir, pid } => write!(
                 f,
                 "run directory {} is in use by another groupcam process{}: wait for it to finish, or choose another --out",
                 dir.display(),
                 pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
             ),
-            RunDirError::HoldsRun { dir, found } => write!(
+            RunLockError::HoldsRun { dir, found } => write!(
                 f,
                 "{} already holds a run ({found} exists): continue it with --resume {}, start a new one with a fresh --out, or clear it with --overwrite",
                 dir.display(),
@@ -59,12 +59,12 @@ impl fmt::Display for RunDirError {
     }
 }
 
-impl std::error::Error for RunDirError {}
+impl std::error::Error for RunLockError {}
 
-/// A locked run directory. Until [`RunDir::start`], dropping it undoes everything it did: the
+/// A locked run directory. Until [`RunLock::start`], dropping it undoes everything it did: the
 /// lock file goes, and so do the directories it created.
 #[derive(Debug)]
-pub struct RunDir {
+pub struct RunLock {
     path: PathBuf,
     lock: Option<File>,
     /// The highest directory this created (removed again when the run never starts).
@@ -75,21 +75,21 @@ pub struct RunDir {
     pub stale_pid: Option<u32>,
 }
 
-impl RunDir {
+impl RunLock {
     /// Creates the directory if needed, locks it, and checks that `reuse` allows what is there.
-    pub fn open(path: &Path, reuse: Reuse) -> Result<RunDir> {
+    pub fn open(path: &Path, reuse: Reuse) -> Result<RunLock> {
         if path.exists() && !path.is_dir() {
             bail!("run directory {} exists and is not a directory", path.display());
         }
         let created = path.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).last();
         let created = created.map(Path::to_path_buf);
         std::fs::create_dir_all(path).with_context(|| format!("cannot create run directory {}", path.display()))?;
-        let mut dir = RunDir { path: path.to_path_buf(), lock: None, created, reuse, started: false, stale_pid: None };
+        let mut dir = RunLock { path: path.to_path_buf(), lock: None, created, reuse, started: false, stale_pid: None };
         let (lock, stale) = lock(path)?;
         (dir.lock, dir.stale_pid) = (Some(lock), stale);
         if reuse == Reuse::Fresh {
             if let Some(found) = holds_run(path) {
-                return Err(RunDirError::HoldsRun { dir: path.to_path_buf(), found }.into());
+                return Err(RunLockError::HoldsRun { dir: path.to_path_buf(), found }.into());
             }
         }
         Ok(dir)
@@ -118,7 +118,7 @@ impl RunDir {
     }
 }
 
-impl Drop for RunDir {
+impl Drop for RunLock {
     fn drop(&mut self) {
         // Removed while still held: a process that opened the old file finds it unlinked and
         // retries (see `lock`).
@@ -158,7 +158,7 @@ fn lock(dir: &Path) -> Result<(File, Option<u32>)> {
         match f.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(RunDirError::Locked { dir: dir.to_path_buf(), pid: recorded }.into());
+                return Err(RunLockError::Locked { dir: dir.to_path_buf(), pid: recorded }.into());
             }
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("cannot lock {}", path.display()));

@@ -34,7 +34,7 @@ fn loader(data: ImageFolder, transform: Transform) -> Loader {
         prefetch: 1,
         seed: 3,
         pin_memory: false,
-        saliency: None,
+        masks: None,
     }
 }
 

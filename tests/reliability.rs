@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use groupcam::data::{ImageFolder, Loader, Transform};
 use groupcam::models::Normalization;
-use groupcam::rundir::{Reuse, RunDir};
+use groupcam::rundir::{Reuse, RunLock};
 use groupcam::synth::{self, SynthConfig};
 use groupcam::train::Config;
 
@@ -110,16 +110,16 @@ fn a_failed_write_leaves_the_old_file_and_no_temporary() {
 fn run_directories_are_locked_and_never_silently_reused() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("a/run");
-    let first = RunDir::open(&out, Reuse::Fresh).unwrap();
-    let e = RunDir::open(&out, Reuse::Resume).unwrap_err().to_string();
+    let first = RunLock::open(&out, Reuse::Fresh).unwrap();
+    let e = RunLock::open(&out, Reuse::Resume).unwrap_err().to_string();
     assert!(e.contains("in use") && e.contains(&std::process::id().to_string()), "{e}");
     drop(first);
     assert!(!dir.path().join("a").exists(), "an unstarted run left its directories");
 
     std::fs::create_dir_all(out.join("checkpoints")).unwrap();
-    let e = RunDir::open(&out, Reuse::Fresh).unwrap_err().to_string();
+    let e = RunLock::open(&out, Reuse::Fresh).unwrap_err().to_string();
     assert!(e.contains("already holds a run") && e.contains("--resume") && e.contains("--overwrite"), "{e}");
-    let mut o = RunDir::open(&out, Reuse::Overwrite).unwrap();
+    let mut o = RunLock::open(&out, Reuse::Overwrite).unwrap();
     assert!(out.join("checkpoints").exists(), "cleared before the run started");
     o.start().unwrap();
     assert!(!out.join("checkpoints").exists());
@@ -129,7 +129,7 @@ fn run_directories_are_locked_and_never_silently_reused() {
     let mut child = std::process::Command::new("true").spawn().unwrap();
     child.wait().unwrap();
     std::fs::write(out.join(groupcam::rundir::LOCK), child.id().to_string()).unwrap();
-    let taken = RunDir::open(&out, Reuse::Fresh).unwrap();
+    let taken = RunLock::open(&out, Reuse::Fresh).unwrap();
     assert_eq!(taken.stale_pid, Some(child.id()));
 }
 
@@ -229,7 +229,7 @@ fn loader_failures_are_errors_and_truncated_jpegs_are_corrupt() {
         prefetch: 1,
         seed: 0,
         pin_memory: false,
-        saliency: None,
+        masks: None,
     };
     let b: Vec<_> = loader.epoch(0, 0).collect::<anyhow::Result<_>>().unwrap();
     let skipped: Vec<_> = b.iter().flat_map(|b| b.skipped.iter()).collect();

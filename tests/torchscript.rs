@@ -33,7 +33,7 @@ fn scripted(name: &str) -> Model {
 }
 
 fn trainer(model: &Model, momentum: f64, wd: f64) -> Trainer {
-    Trainer { sgd: Sgd::new(&model.vs, momentum, wd), scaler: LossScaler::new(), amp: None, ddp: None }
+    Trainer { sgd: Sgd::new(&model.vs, momentum, wd), scaler: LossScaler::new(), amp: None, world: groupcam::dist::World::Single }
 }
 
 fn pearson(a: &Tensor, b: &Tensor) -> f64 {

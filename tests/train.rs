@@ -103,7 +103,7 @@ fn the_loader_converts_modes_skips_bad_files_and_is_seeded() {
         prefetch: 1,
         seed: 5,
         pin_memory: false,
-        saliency: None,
+        masks: None,
     };
     let batches: Vec<_> = loader.epoch(0, 0).map(|b| b.unwrap()).collect();
     assert_eq!(batches.len(), 2);
@@ -303,7 +303,7 @@ fn the_scaled_step_checks_loss_and_gradients_at_once_and_skips_overflows() {
         sgd: Sgd::new(&m.vs, 0.9, 1e-4),
         scaler: LossScaler::resume(scale, 0),
         amp: amp.then_some(groupcam::autocast::AutocastDtype::F16),
-        ddp: None,
+        world: groupcam::dist::World::Single,
     };
 
     let (plain, scaled) = (fresh(), fresh());
@@ -346,7 +346,7 @@ fn folder_of(n: usize, batch_size: usize, transform: Transform, seed: u64, sampl
         prefetch: 1,
         seed,
         pin_memory: false,
-        saliency: None,
+        masks: None,
     }
 }
 

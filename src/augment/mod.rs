@@ -32,10 +32,14 @@
 //! BENCHMARKS.md, "Augmentation" (`groupcam bench augment`).
 
 pub mod cache;
+pub mod config;
 mod mask;
+mod mode;
 pub mod preview;
 
+pub use config::{AugmentConfig, Refresh};
 pub use mask::{Threshold, binarize, compose};
+pub use mode::{Applied, Augmentation};
 
 use anyhow::{Result, bail};
 use tch::{Device, Kind, Tensor};

@@ -122,7 +122,7 @@ fn loader(data: &ImageFolder, b: &LoaderBench, workers: usize) -> Loader {
         prefetch: 2 * workers.max(1),
         seed: 0,
         pin_memory: false,
-        saliency: None,
+        masks: None,
     }
 }
 

@@ -91,7 +91,7 @@ pub fn run(b: &TorchScriptBench, device: Device) -> Result<Report> {
         sgd: Sgd::new(&m.vs, 0.9, 1e-4),
         scaler: LossScaler::new(),
         amp: None,
-        ddp: None,
+        world: crate::dist::World::Single,
     });
     let [tb, ts] = &mut trainers;
     let fwd = |m: &Model| {

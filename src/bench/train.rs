@@ -53,7 +53,7 @@ pub fn run(b: &TrainBench, device: Device) -> Result<Report> {
             prefetch: 8,
             seed: 0,
             pin_memory: false,
-            saliency: None,
+            masks: None,
         };
         let t = Instant::now();
         let mut got = 0i64;
@@ -79,7 +79,7 @@ pub fn run(b: &TrainBench, device: Device) -> Result<Report> {
         sgd: Sgd::new(&model.vs, 0.9, 1e-4),
         scaler: LossScaler::new(),
         amp: b.amp.then_some(crate::autocast::AutocastDtype::F16),
-        ddp: None,
+        world: crate::dist::World::Single,
     };
     let mut bare_sgd = Sgd::new(&model.vs, 0.9, 1e-4);
     let tb_dir = TempDir::new("tb");

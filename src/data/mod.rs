@@ -4,8 +4,9 @@
 pub mod decode;
 pub mod transforms;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::path::{Path, PathBuf};
 use std::thread;
 
@@ -97,8 +98,8 @@ pub struct Batch {
     pub skipped: Vec<(PathBuf, String)>,
     /// What [`Batch::images`] normalises with.
     pub norm: Normalization,
-    /// With a saliency cache: each image's mask S (N x 1 x S x S bytes, 1 = keep), cut from its
-    /// cached map with the image's own crop and flip (`augment::cache`).
+    /// With a [`MaskSource`]: each image's mask S (N x 1 x S x S bytes, 1 = keep) for the
+    /// image's own crop and flip.
     pub masks: Option<Tensor>,
     /// Images whose mask hides some pixels (the others pass through unchanged).
     pub masked: usize,
@@ -145,12 +146,40 @@ pub struct Loader {
     pub seed: u64,
     /// Build batches in page-locked memory (for a CUDA device; allocating it needs one).
     pub pin_memory: bool,
-    /// Cached saliency maps (training with `augment.refresh` every k epochs): each batch then
-    /// carries its masks.
-    pub saliency: Option<std::sync::Arc<crate::augment::cache::SaliencyCache>>,
+    /// Per-sample masks made with each batch (the augmentation's map cache): each batch then
+    /// carries them.
+    pub masks: Option<Arc<dyn MaskSource>>,
+}
+
+/// Per-sample masks that the loader makes beside each image, as timm's loader takes a
+/// `collate_fn` without knowing the augmentation (the map cache, `augment::cache`, is one).
+/// Called on the loader's worker threads.
+pub trait MaskSource: Send + Sync + std::fmt::Debug {
+    /// Writes sample `sample`'s mask for its crop `placed` into `dst` (S x S bytes, 1 = keep),
+    /// drawing from the sample's generator (after its crop and flip) if it draws at all.
+    /// Returns whether the mask hides any pixel.
+    fn write_mask(&self, sample: usize, placed: &transforms::Placed, rng: &mut StdRng, dst: &mut [u8]) -> Result<bool>;
 }
 
 impl Loader {
+    /// A loader of `data` in its order, one worker, two batches ahead, seed 0, no pinning and no
+    /// masks; set the rest with struct update syntax (`Loader { shuffle: true, ..Loader::new(..) }`).
+    pub fn new(data: ImageFolder, batch_size: usize, transform: Transform, norm: Normalization) -> Loader {
+        Loader {
+            data,
+            batch_size,
+            shuffle: false,
+            drop_last: false,
+            transform,
+            norm,
+            workers: 1,
+            prefetch: 2,
+            seed: 0,
+            pin_memory: false,
+            masks: None,
+        }
+    }
+
     /// The order of the samples in `epoch`: one permutation per (seed, epoch) when shuffling.
     pub fn order(&self, epoch: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.data.len()).collect();
@@ -252,13 +281,13 @@ impl Loader {
     }
 
     /// Decodes the samples `idx` of `epoch` straight into one batch tensor (and, with a
-    /// saliency cache, cuts each image's mask); a file that cannot be decoded is named in
+    /// [`MaskSource`], each image's mask); a file that cannot be decoded is named in
     /// `skipped` and leaves no row.
     pub fn make_batch(&self, epoch: usize, idx: &[usize], scratch: &mut transforms::Scratch) -> Result<Batch> {
         let s = self.output_size() as usize;
         let plane = 3 * s * s;
         let pixels = self.bytes(&[idx.len() as i64, 3, s as i64, s as i64])?;
-        let masks = match &self.saliency {
+        let masks = match &self.masks {
             Some(_) => Some(self.bytes(&[idx.len() as i64, 1, s as i64, s as i64])?),
             None => None,
         };
@@ -288,9 +317,9 @@ impl Loader {
                     .map_err(panicked)?;
             match loaded {
                 Ok(placed) => {
-                    if let (Some(cache), Some(mb)) = (&self.saliency, mask_buf.as_mut()) {
+                    if let (Some(source), Some(mb)) = (&self.masks, mask_buf.as_mut()) {
                         let dst = &mut mb[n * s * s..(n + 1) * s * s];
-                        let hides = catch_unwind(AssertUnwindSafe(|| cache.write_mask(i, &placed, &mut rng, dst)))
+                        let hides = catch_unwind(AssertUnwindSafe(|| source.write_mask(i, &placed, &mut rng, dst)))
                             .map_err(panicked)??;
                         masked += usize::from(hides);
                     }
@@ -420,32 +449,6 @@ impl Iterator for Reorder {
                 }
             }
         }
-    }
-}
-
-/// Files that could not be decoded: every skip is counted, each file named once.
-#[derive(Debug, Default)]
-pub struct Skips {
-    named: HashSet<PathBuf>,
-    /// Skips since the last [`Skips::take_count`].
-    pub count: usize,
-}
-
-impl Skips {
-    /// Counts a batch's skips; returns a line for each file not named before.
-    pub fn record(&mut self, batch: &Batch) -> Vec<String> {
-        self.count += batch.skipped.len();
-        batch
-            .skipped
-            .iter()
-            .filter(|(p, _)| self.named.insert(p.clone()))
-            .map(|(p, why)| format!("skipped {}: {why}", p.display()))
-            .collect()
-    }
-
-    /// The count so far, which starts again from zero.
-    pub fn take_count(&mut self) -> usize {
-        std::mem::take(&mut self.count)
     }
 }
 

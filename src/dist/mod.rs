@@ -7,12 +7,14 @@ pub mod ffi;
 pub mod group;
 pub mod launch;
 pub mod sampler;
+pub mod world;
 
 use serde::{Deserialize, Serialize};
 
 pub use ddp::Ddp;
 pub use group::{Group, Rendezvous, has_nccl};
 pub use launch::Launch;
+pub use world::World;
 
 /// The `dist` section of a training config (used only when launched on several ranks).
 #[derive(Clone, Debug, Deserialize, Serialize)]

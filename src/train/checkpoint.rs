@@ -8,40 +8,8 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};
 
+pub use super::record::EpochRecord;
 use super::sgd::Sgd;
-
-/// One epoch's record, as logged, checkpointed and reported.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct EpochRecord {
-    pub epoch: usize,
-    pub phase: super::Phase,
-    pub lr: f64,
-    pub train_loss: f64,
-    pub train_top1: f64,
-    pub val_top1: f64,
-    pub val_top5: f64,
-    pub augmented_fraction: f64,
-    pub images_skipped: usize,
-    /// Validation images the accuracies are over, and unreadable ones left out (0 in runs
-    /// from before they were recorded).
-    #[serde(default)]
-    pub val_images: usize,
-    #[serde(default)]
-    pub val_skipped: usize,
-    pub img_per_s: f64,
-    pub seconds: f64,
-    pub saliency_change: Option<f64>,
-    pub saliency_delta: Option<f64>,
-    /// With cached maps (`augment.refresh: K`): K, and the 1-based epoch whose starting weights
-    /// the epoch's maps came from, so that the saliency change can be read beside them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refresh_every: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub maps_from_epoch: Option<usize>,
-    /// The seconds of the refresh pass before this epoch (not in `seconds`), when it had one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refresh_seconds: Option<f64>,
-}
 
 /// Everything besides tensors that a resumed run needs.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

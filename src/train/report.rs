@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::checkpoint::EpochRecord;
+use super::record::EpochRecord;
 
 pub fn write_history(out: &Path, history: &[EpochRecord]) -> Result<()> {
     crate::atomic::write_bytes(&out.join("history.json"), serde_json::to_string_pretty(history)?.as_bytes())

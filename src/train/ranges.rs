@@ -1,5 +1,6 @@
-//! The range of every numeric key of a run's config, checked before any work, each error naming
-//! its key path. (Types and unknown keys are the deserializer's; paths are `Config::validate`'s.)
+//! Config range checks: the range of every numeric key of a run's config, checked before any
+//! work, each error naming its key path. (Types and unknown keys are the deserializer's; paths
+//! are `Config::validate`'s.)
 
 use anyhow::{Result, bail};
 
@@ -8,7 +9,7 @@ use super::Config;
 /// Libtorch intra-op threads and loader workers beyond this are a typo, not a machine.
 pub const MAX_THREADS: i64 = 1024;
 
-pub fn ranges(cfg: &Config) -> Result<()> {
+pub fn check(cfg: &Config) -> Result<()> {
     let d = &cfg.data;
     size("data.input_size", d.input_size)?;
     if let Some(r) = d.val_resize {

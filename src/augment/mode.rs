@@ -1,0 +1,67 @@
+//! What the training loop applies to a fine-tuning batch, chosen once from the config: the
+//! loop calls [`Augmentation::apply`] whatever the mode, and never blends masks itself.
+
+use anyhow::{Context, Result};
+use tch::Tensor;
+
+use super::{AugmentConfig, GroupCamAugment, compose};
+use crate::data::Batch;
+use crate::models::CamModel;
+use crate::ops::Blur;
+
+/// The augmentation of a run's fine-tuning batches.
+#[derive(Clone, Debug)]
+pub enum Augmentation {
+    /// Plain training (`augment.enabled: false`).
+    Off,
+    /// Fresh maps at every step, for the batch's own crops (the paper).
+    PerBatch(GroupCamAugment),
+    /// Masks the loader cut from the map cache (`augment.refresh: K`); the augmenter makes the
+    /// cache's maps every `every` fine-tuning epochs.
+    Cached { aug: GroupCamAugment, every: usize },
+}
+
+/// A batch as the step trains on it.
+pub struct Applied {
+    pub images: Tensor,
+    /// Images whose pixels the augmentation changed.
+    pub augmented: usize,
+}
+
+impl Augmentation {
+    pub fn from_config(a: &AugmentConfig) -> Augmentation {
+        match (a.enabled, a.refresh.every()) {
+            (false, _) => Augmentation::Off,
+            (true, None) => Augmentation::PerBatch(a.augmenter()),
+            (true, Some(every)) => Augmentation::Cached { aug: a.augmenter(), every },
+        }
+    }
+
+    /// The refresh interval when the maps are cached.
+    pub fn cached_every(&self) -> Option<usize> {
+        match self {
+            Augmentation::Cached { every, .. } => Some(*every),
+            _ => None,
+        }
+    }
+
+    /// `images` (the batch's, normalised, on the model's device) as the step trains on them.
+    /// `batch` gives the labels (on the CPU: reading them back from the device would sync) and,
+    /// in the cached mode, the masks its loader cut.
+    pub fn apply(&self, model: &dyn CamModel, images: Tensor, batch: &Batch) -> Result<Applied> {
+        match self {
+            Augmentation::Off => Ok(Applied { images, augmented: 0 }),
+            Augmentation::PerBatch(aug) => {
+                let a = aug.augment(model, &images, &batch.labels)?;
+                Ok(Applied { augmented: a.stats.augmented(), images: a.images })
+            }
+            Augmentation::Cached { .. } => {
+                let masks = batch
+                    .masks_on(images.device())
+                    .context("a batch of a cached-maps run came without its masks (the loader has no map cache)")?;
+                let images = tch::no_grad(|| -> Result<Tensor> { Ok(compose(&images, &Blur::GROUP_CAM.apply(&images)?, &masks)) })?;
+                Ok(Applied { images, augmented: batch.masked })
+            }
+        }
+    }
+}
