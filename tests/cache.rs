@@ -97,7 +97,7 @@ fn cached_masks_are_the_fresh_masks_and_follow_the_crop_and_the_flip() {
     let all: Vec<usize> = (0..data.len()).collect();
     for (flip, want) in [(0.0, fresh.shallow_clone()), (1.0, fresh.flip([3i64]))] {
         let mut l = loader(data.clone(), Transform::Train { size: S, scale: (1.0, 1.0), ratio: (1.0, 1.0), flip });
-        l.saliency = Some(cache.clone());
+        l.masks = Some(cache.clone());
         let b = l.make_batch(0, &all, &mut Default::default()).unwrap();
         let masks = b.masks_on(Device::Cpu).expect("a loader with a cache cuts masks");
         let a = agreement(&masks, &want);
@@ -110,7 +110,7 @@ fn cached_masks_are_the_fresh_masks_and_follow_the_crop_and_the_flip() {
     // Quarter-area crops: the box of the cached map, resized (bilinear) and cut at its own mean.
     let t = Transform::Train { size: S, scale: (0.25, 0.25), ratio: (1.0, 1.0), flip: 0.5 };
     let mut l = loader(data.clone(), t);
-    l.saliency = Some(cache.clone());
+    l.masks = Some(cache.clone());
     let b = l.make_batch(1, &all, &mut Default::default()).unwrap();
     let masks = b.masks_on(Device::Cpu).unwrap();
     let mut own_mean_differs = false;
@@ -141,19 +141,19 @@ fn stale_foreign_and_broken_caches_are_refused_with_the_reason() {
     build(&model, &data, 8, &at);
     let want = meta(&data, 8, 3);
     assert!(SaliencyCache::open(&at, &want, 0, 1.0).unwrap().is_ok(), "maps of epoch 1 serve epoch 4 when due at 1");
-    let why = SaliencyCache::open(&at, &want, 2, 1.0).unwrap().unwrap_err();
+    let why = SaliencyCache::open(&at, &want, 2, 1.0).unwrap().unwrap_err().to_string();
     assert!(why.contains("needs maps from epoch 3"), "{why}");
     let other = ImageFolder { samples: data.samples[1..].to_vec(), ..data.clone() };
-    let why = SaliencyCache::open(&at, &meta(&other, 8, 0), 0, 1.0).unwrap().unwrap_err();
+    let why = SaliencyCache::open(&at, &meta(&other, 8, 0), 0, 1.0).unwrap().unwrap_err().to_string();
     assert!(why.contains("another training set"), "{why}");
-    let why = SaliencyCache::open(&at, &meta(&data, 16, 0), 0, 1.0).unwrap().unwrap_err();
+    let why = SaliencyCache::open(&at, &meta(&data, 16, 0), 0, 1.0).unwrap().unwrap_err().to_string();
     assert!(why.contains("settings differ"), "{why}");
     std::fs::write(at.join("part-0-of-1.u8"), b"short").unwrap();
-    let why = SaliencyCache::open(&at, &meta(&data, 8, 0), 0, 1.0).unwrap().unwrap_err();
+    let why = SaliencyCache::open(&at, &meta(&data, 8, 0), 0, 1.0).unwrap().unwrap_err().to_string();
     assert!(why.contains("part-0-of-1.u8") && why.contains("bytes"), "{why}");
     cache::clear(&at).unwrap();
     assert!(std::fs::read_dir(&at).unwrap().next().is_none(), "clear leaves the directory empty");
-    let why = SaliencyCache::open(&at, &meta(&data, 8, 0), 0, 1.0).unwrap().unwrap_err();
+    let why = SaliencyCache::open(&at, &meta(&data, 8, 0), 0, 1.0).unwrap().unwrap_err().to_string();
     assert_eq!(why, "no cache yet");
     // A pass stopped (Ctrl-C) before its second batch leaves no part behind.
     let calls = std::cell::Cell::new(0);
