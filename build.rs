@@ -1,7 +1,7 @@
 // Embeds libtorch's directory as an rpath so the binary, tests and examples run without
 // LD_LIBRARY_PATH, and (when libtorch has CUDA) forces libtorch_cuda into the link so that
 // `tch::Cuda::is_available()` sees the GPU: torch-sys itself links only libtorch_cpu. Also
-// compiles src/dist/shim.cpp (c10d collectives and autocast) against libtorch's headers.
+// compiles src/sys/shim.cpp (c10d collectives, autocast, pinned memory) against libtorch's headers.
 use std::path::{Path, PathBuf};
 
 fn main() {
@@ -26,12 +26,12 @@ fn main() {
 /// The C++ shim over c10d, with its NCCL part where libtorch has CUDA and the headers that
 /// ProcessGroupNCCL.hpp includes are installed (nccl.h, CUDA's runtime and libcu++ headers).
 fn build_shim(lib: &Path, has_cuda: bool) {
-    println!("cargo:rerun-if-changed=src/dist/shim.cpp");
+    println!("cargo:rerun-if-changed=src/sys/shim.cpp");
     println!("cargo:rerun-if-changed=third_party/gloo");
     let root = lib.parent().unwrap_or(lib);
     let mut b = cc::Build::new();
     b.cpp(true)
-        .file("src/dist/shim.cpp")
+        .file("src/sys/shim.cpp")
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .include("third_party/gloo")

@@ -6,7 +6,7 @@ use std::os::raw::c_int;
 
 use tch::Device;
 
-use crate::dist::ffi;
+use crate::sys::autocast as ffi;
 
 /// The reduced precision autocast runs CUDA ops in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

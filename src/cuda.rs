@@ -67,7 +67,7 @@ mod tests {
 /// a CUDA device; an error (libtorch's message) without one.
 pub fn empty_pinned_u8(dims: &[i64]) -> anyhow::Result<tch::Tensor> {
     let mut out: *mut c_void = std::ptr::null_mut();
-    crate::dist::ffi::check(unsafe { crate::dist::ffi::gc_empty_pinned_u8(dims.as_ptr(), dims.len(), &mut out) })
+    crate::sys::check(unsafe { crate::sys::pinned::gc_empty_pinned_u8(dims.as_ptr(), dims.len(), &mut out) })
         .map_err(|e| anyhow::anyhow!("cannot allocate page-locked memory for a {dims:?} batch: {e}"))?;
     // SAFETY: on success the shim returns a new heap at::Tensor, which tch owns and frees.
     Ok(unsafe { tch::Tensor::from_ptr(out as *mut _) })

@@ -23,6 +23,7 @@ pub mod plot;
 pub mod predict;
 pub mod rundir;
 pub mod synth;
+pub mod sys;
 pub mod tb;
 pub mod train;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tch::{Device, Tensor};
 
-use super::ffi;
+use crate::sys::{self, c10d};
 
 /// Where the ranks meet and who this one is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,10 +27,10 @@ pub struct Rendezvous {
 
 /// Whether this build can run NCCL (libtorch with CUDA and ProcessGroupNCCL's headers at build time).
 pub fn has_nccl() -> bool {
-    unsafe { ffi::gc_has_nccl() != 0 }
+    unsafe { c10d::gc_has_nccl() != 0 }
 }
 
-struct Raw(*mut ffi::GcPg);
+struct Raw(*mut c10d::GcPg);
 // SAFETY: c10d's backends and TCPStore serialise their own operations; the heartbeat thread
 // touches only the store.
 unsafe impl Send for Raw {}
@@ -38,7 +38,7 @@ unsafe impl Sync for Raw {}
 
 impl Drop for Raw {
     fn drop(&mut self) {
-        unsafe { ffi::gc_pg_free(self.0) }
+        unsafe { c10d::gc_pg_free(self.0) }
     }
 }
 
@@ -71,7 +71,7 @@ impl Group {
         let host = CString::new(rv.addr.as_str()).context("MASTER_ADDR holds a NUL byte")?;
         let mut raw = std::ptr::null_mut();
         let err = unsafe {
-            ffi::gc_pg_new(
+            c10d::gc_pg_new(
                 host.as_ptr(),
                 rv.port as i32,
                 rv.rank as i32,
@@ -82,7 +82,7 @@ impl Group {
                 &mut raw,
             )
         };
-        ffi::check(err).map_err(|e| {
+        sys::check(err).map_err(|e| {
             anyhow::anyhow!(
                 "rank {}: cannot join the rendezvous at {}:{} ({} ranks, timeout {:?}): {e}",
                 rv.rank,
@@ -121,20 +121,20 @@ impl Group {
     /// In-place sum of each tensor over the ranks.
     pub fn all_reduce_sum(&self, ts: &[&Tensor]) -> Result<()> {
         let ptrs: Vec<*mut std::ffi::c_void> = ts.iter().map(|t| t.as_ptr() as *mut _).collect();
-        let err = unsafe { ffi::gc_pg_allreduce_sum(self.raw.0, ptrs.as_ptr(), ptrs.len()) };
-        ffi::check(err).map_err(|e| self.lost("all-reduce", e))
+        let err = unsafe { c10d::gc_pg_allreduce_sum(self.raw.0, ptrs.as_ptr(), ptrs.len()) };
+        sys::check(err).map_err(|e| self.lost("all-reduce", e))
     }
 
     /// Each tensor takes `root`'s values.
     pub fn broadcast(&self, ts: &[&Tensor], root: usize) -> Result<()> {
         let ptrs: Vec<*mut std::ffi::c_void> = ts.iter().map(|t| t.as_ptr() as *mut _).collect();
-        let err = unsafe { ffi::gc_pg_broadcast(self.raw.0, ptrs.as_ptr(), ptrs.len(), root as i32) };
-        ffi::check(err).map_err(|e| self.lost("broadcast", e))
+        let err = unsafe { c10d::gc_pg_broadcast(self.raw.0, ptrs.as_ptr(), ptrs.len(), root as i32) };
+        sys::check(err).map_err(|e| self.lost("broadcast", e))
     }
 
     pub fn barrier(&self) -> Result<()> {
-        let err = unsafe { ffi::gc_pg_barrier(self.raw.0) };
-        ffi::check(err).map_err(|e| self.lost("barrier", e))
+        let err = unsafe { c10d::gc_pg_barrier(self.raw.0) };
+        sys::check(err).map_err(|e| self.lost("barrier", e))
     }
 
     /// The error of a failed collective, naming the ranks whose heartbeat stopped.
@@ -194,6 +194,6 @@ fn heartbeat_key(rank: usize) -> String {
 fn store_add(raw: &Raw, key: &str, delta: i64) -> Result<i64, String> {
     let key = CString::new(key).map_err(|e| e.to_string())?;
     let mut v = 0i64;
-    ffi::check(unsafe { ffi::gc_store_add(raw.0, key.as_ptr(), delta, &mut v) })?;
+    sys::check(unsafe { c10d::gc_store_add(raw.0, key.as_ptr(), delta, &mut v) })?;
     Ok(v)
 }

@@ -1,9 +1,8 @@
-//! Data-parallel training on libtorch's own collectives (c10d, through shim.cpp): launch
+//! Data-parallel training on libtorch's own collectives (c10d, through `crate::sys`): launch
 //! detection, DistributedSampler shards, DDP's bucketed gradient all-reduce, the rank-0
 //! broadcast of parameters and buffers, and a cheap check that the ranks' weights agree.
 
 pub mod ddp;
-pub mod ffi;
 pub mod group;
 pub mod launch;
 pub mod sampler;

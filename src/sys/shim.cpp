@@ -1,6 +1,6 @@
 // A small C API over libtorch's own collectives (c10d: TCPStore, ProcessGroupGloo and, where
-// libtorch has CUDA, ProcessGroupNCCL) and over ATen's autocast state, for src/dist and
-// src/amp. Every entry point catches all C++ exceptions: an error comes back as a malloc'd
+// libtorch has CUDA, ProcessGroupNCCL), ATen's autocast state and page-locked host memory; its
+// Rust bindings are src/sys. Every entry point catches all C++ exceptions: an error comes back as a malloc'd
 // string (free it with gc_free_str), never as an exception across the FFI.
 // Tensors are tch's `C_tensor` pointers, which point at an `at::Tensor` (torch-sys's torch_api.h).
 
