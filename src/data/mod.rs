@@ -146,13 +146,13 @@ pub struct Loader {
     pub seed: u64,
     /// Build batches in page-locked memory (for a CUDA device; allocating it needs one).
     pub pin_memory: bool,
-    /// Per-sample masks made with each batch (the augmentation's map cache): each batch then
+    /// Per-sample masks made with each batch (cached saliency maps cut to each crop): each batch then
     /// carries them.
     pub masks: Option<Arc<dyn MaskSource>>,
 }
 
 /// Per-sample masks that the loader makes beside each image, as timm's loader takes a
-/// `collate_fn` without knowing the augmentation (the map cache, `augment::cache`, is one).
+/// `collate_fn` without knowing what it does (the map cache is one).
 /// Called on the loader's worker threads.
 pub trait MaskSource: Send + Sync + std::fmt::Debug {
     /// Writes sample `sample`'s mask for its crop `placed` into `dst` (S x S bytes, 1 = keep),
