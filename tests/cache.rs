@@ -17,9 +17,7 @@ use tch::{Device, Kind, Tensor};
 const S: u32 = 48;
 
 fn synth_data(dir: &Path, per_class: usize) -> PathBuf {
-    let root = dir.join("data");
-    synth::write(&root, &SynthConfig { size: S, train_per_class: per_class, val_per_class: 2, seed: 1 }).unwrap();
-    root
+    tiny_data(dir, S, per_class)
 }
 
 fn loader(data: ImageFolder, transform: Transform) -> Loader {
@@ -191,15 +189,6 @@ fn config(dir: &Path, data: &Path, out: &str, epochs: usize) -> PathBuf {
     p
 }
 
-fn finetune(args: &[&str]) -> std::process::Output {
-    let out = bin().arg("finetune").arg("--quiet").args(args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn history(run: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(run.join("history.json")).unwrap()).unwrap()
-}
 
 /// 1 plain epoch, then 3 fine-tuning epochs with maps refreshed every 2: before epochs 2 and 4.
 /// The history and the epoch lines say which weights each epoch's maps came from; a run stopped
@@ -208,7 +197,7 @@ fn history(run: &Path) -> serde_json::Value {
 fn a_cached_run_refreshes_on_schedule_and_resumes_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth_data(dir.path(), 2);
-    let out = finetune(&["--config", s(&config(dir.path(), &data, "straight", 4))]);
+    let out = finetune_ok(&["--config", s(&config(dir.path(), &data, "straight", 4))]);
     let text = String::from_utf8_lossy(&out.stdout);
     let refreshes: Vec<&str> = text.lines().filter(|l| l.contains(" maps of 24 x 24 px")).collect();
     assert_eq!(refreshes.len(), 2, "{text}");
@@ -228,9 +217,9 @@ fn a_cached_run_refreshes_on_schedule_and_resumes_bit_for_bit() {
         serde_json::from_str(&std::fs::read_to_string(run.join("saliency-cache/cache.json")).unwrap()).unwrap();
     assert_eq!((listed.epoch, listed.side, listed.samples), (3, 24, n));
 
-    finetune(&["--config", s(&config(dir.path(), &data, "split", 2))]);
+    finetune_ok(&["--config", s(&config(dir.path(), &data, "split", 2))]);
     let split = dir.path().join("split");
-    let out = finetune(&[
+    let out = finetune_ok(&[
         "--config",
         s(&config(dir.path(), &data, "split", 4)),
         "--resume",

@@ -188,9 +188,8 @@ fn ddp_broadcasts_averages_and_catches_a_diverged_rank() {
 
 /// 6 classes of 48 px shapes, `train` per class, and an odd validation set (one file removed),
 /// so that the 2 ranks' validation shards differ in size.
-fn tiny_data(dir: &Path, train: usize) -> PathBuf {
-    let root = dir.join("data");
-    synth::write(&root, &SynthConfig { size: 48, train_per_class: train, val_per_class: 2, seed: 1 }).unwrap();
+fn odd_tiny_data(dir: &Path, train: usize) -> PathBuf {
+    let root = common::tiny_data(dir, 48, train);
     let val = root.join("val");
     let class = std::fs::read_dir(&val).unwrap().map(|e| e.unwrap().path()).min().unwrap();
     let file = std::fs::read_dir(&class).unwrap().map(|e| e.unwrap().path()).min().unwrap();
@@ -223,22 +222,9 @@ fn run_ok(mut cmd: Command, what: &str) -> String {
     o.into_owned()
 }
 
-fn finetune(cfg: &Path, extra: &[&str]) -> Command {
-    let mut c = bin();
-    c.args(["finetune", "--quiet", "--config", s(cfg)]).args(extra);
-    c
-}
-
-fn tensors(path: &Path) -> Vec<(String, Tensor)> {
-    let mut v = Tensor::read_safetensors(path).unwrap();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-fn history(run: &Path) -> Vec<serde_json::Value> {
-    let h: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("history.json")).unwrap()).unwrap();
-    h.as_array().unwrap().clone()
+/// `finetune --config CFG EXTRA`, not yet run.
+fn finetune_with(cfg: &Path, extra: &[&str]) -> Command {
+    finetune_cmd(&[&["--config", s(cfg)][..], extra].concat())
 }
 
 /// With BatchNorm frozen, 2 ranks of batch 2 are the single process of batch 4: the same
@@ -246,16 +232,16 @@ fn history(run: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn two_ranks_equal_one_process_with_the_same_global_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let data = tiny_data(dir.path(), 2);
+    let data = odd_tiny_data(dir.path(), 2);
     let one = tiny_config(dir.path(), &data, "one", 1, true);
     let two = tiny_config(dir.path(), &data, "two", 1, true);
-    run_ok(finetune(&one, &[]), "the single-process run");
-    let out = run_ok(finetune(&two, &["--nproc", "2"]), "the --nproc 2 run");
+    run_ok(finetune_with(&one, &[]), "the single-process run");
+    let out = run_ok(finetune_with(&two, &["--nproc", "2"]), "the --nproc 2 run");
     assert!(out.contains("data-parallel: 2 ranks (torchrun launch), 2 per rank"), "{out}");
     assert_eq!(out.matches("final weights:").count(), 1, "only rank 0 writes: {out}");
 
     let (a, b) =
-        (tensors(&dir.path().join("one/final.safetensors")), tensors(&dir.path().join("two/final.safetensors")));
+        (sorted_tensors(&dir.path().join("one/final.safetensors")), sorted_tensors(&dir.path().join("two/final.safetensors")));
     assert_eq!(a.len(), b.len());
     let mut worst = 0.0f64;
     for ((ka, ta), (kb, tb)) in a.iter().zip(&b) {
@@ -266,7 +252,7 @@ fn two_ranks_equal_one_process_with_the_same_global_batch() {
     }
     assert!(worst <= 1e-5, "2 ranks differ from 1 process by {worst}");
     // The runs trained at all (3 steps of momentum), so the comparison means something.
-    let moved = tensors(&dir.path().join("two/checkpoints/last.safetensors"))
+    let moved = sorted_tensors(&dir.path().join("two/checkpoints/last.safetensors"))
         .into_iter()
         .filter(|(k, _)| k.starts_with("momentum/"))
         .map(|(_, t)| t.abs().max().double_value(&[]))
@@ -289,7 +275,7 @@ fn two_ranks_equal_one_process_with_the_same_global_batch() {
 #[test]
 fn torchrun_launches_the_ranks_and_their_weights_stay_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let data = tiny_data(dir.path(), 2);
+    let data = odd_tiny_data(dir.path(), 2);
     let cfg = tiny_config(dir.path(), &data, "bn", 1, false);
     let mut c = Command::new(root().join(".venv/bin/torchrun"));
     c.args(["--nproc-per-node", "2", "--master-port", &free_port().to_string(), "--no-python"])
@@ -307,10 +293,10 @@ fn torchrun_launches_the_ranks_and_their_weights_stay_bit_identical() {
 #[test]
 fn two_ranks_share_a_saliency_cache_in_parts() {
     let dir = tempfile::tempdir().unwrap();
-    let data = tiny_data(dir.path(), 2);
+    let data = odd_tiny_data(dir.path(), 2);
     let cfg = tiny_config(dir.path(), &data, "cached", 1, false);
     let sets = ["--set", "augment.enabled=true", "--set", "augment.refresh=1", "--set", "augment.cache_size=16"];
-    let out = run_ok(finetune(&cfg, &[&["--nproc", "2"][..], &sets[..]].concat()), "the cached --nproc 2 run");
+    let out = run_ok(finetune_with(&cfg, &[&["--nproc", "2"][..], &sets[..]].concat()), "the cached --nproc 2 run");
     assert!(out.contains("maps of 16 x 16 px before epoch 1") && out.contains("on rank 0 of 2"), "{out}");
     let n = groupcam::data::ImageFolder::open(&data.join("train")).unwrap().len() as u64;
     for (r, rows) in [(0, n.div_ceil(2)), (1, n / 2)] {
@@ -328,11 +314,11 @@ fn two_ranks_share_a_saliency_cache_in_parts() {
 #[test]
 fn a_lost_rank_stops_the_other_naming_it_and_the_run_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let data = tiny_data(dir.path(), 4);
+    let data = odd_tiny_data(dir.path(), 4);
     let cfg = tiny_config(dir.path(), &data, "lost", 3, true);
     let run = dir.path().join("lost");
     let t_start = Instant::now();
-    let mut parent = finetune(&cfg, &["--nproc", "2"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut parent = finetune_with(&cfg, &["--nproc", "2"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     while !run.join("history.json").exists() {
         assert!(t_start.elapsed() < Duration::from_secs(300), "no checkpoint after 300 s");
         assert!(parent.try_wait().unwrap().is_none(), "the run ended before a rank could be killed");
@@ -352,7 +338,7 @@ fn a_lost_rank_stops_the_other_naming_it_and_the_run_resumes() {
     assert!(!run.join("final.safetensors").exists(), "killed too late to test anything");
 
     let ckpt = run.join("checkpoints/last.safetensors");
-    let out = run_ok(finetune(&cfg, &["--resume", s(&ckpt)]), "the resume on one process");
+    let out = run_ok(finetune_with(&cfg, &["--resume", s(&ckpt)]), "the resume on one process");
     assert!(out.contains("resumed from"), "{out}");
     assert_eq!(history(&run).len(), 3);
     assert!(run.join("final.safetensors").exists());

@@ -13,8 +13,7 @@ use groupcam::synth::{self, SynthConfig};
 use groupcam::train::Config;
 
 fn tiny(dir: &Path) -> PathBuf {
-    let data = dir.join("data");
-    synth::write(&data, &SynthConfig { size: 48, train_per_class: 2, val_per_class: 2, seed: 1 }).unwrap();
+    let data = tiny_data(dir, 48, 2);
     let p = dir.join("c.yaml");
     let text = format!(
         "arch: resnet18\n\
@@ -31,14 +30,14 @@ fn tiny(dir: &Path) -> PathBuf {
 }
 
 /// `finetune --quiet ARGS`: exit code and stderr.
-fn finetune(args: &[&str]) -> (i32, String) {
+fn finetune_rc(args: &[&str]) -> (i32, String) {
     let (rc, _, err) = finetune_out(args);
     (rc, err)
 }
 
 /// `finetune --quiet ARGS`: exit code, stdout and stderr.
 fn finetune_out(args: &[&str]) -> (i32, String, String) {
-    let o = bin().arg("finetune").arg("--quiet").args(args).output().unwrap();
+    let o = finetune(args);
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr))
 }
@@ -67,7 +66,7 @@ fn out_of_range_values_are_refused_with_their_key() {
         let e = format!("{:#}", Config::load(&cfg, &[set.to_string()]).unwrap_err());
         assert!(e.contains(&format!("'{key}'")), "{set}: {e}");
     }
-    let (rc, err) = finetune(&["--config", s(&cfg), "--set", "data.scale=[1.0,0.5]"]);
+    let (rc, err) = finetune_rc(&["--config", s(&cfg), "--set", "data.scale=[1.0,0.5]"]);
     assert_eq!(rc, 1, "{err}");
     assert!(!dir.path().join("run").exists(), "a refused config created the run directory");
 }
@@ -146,30 +145,30 @@ fn finetune_refuses_a_second_writer_a_finished_run_and_a_bad_resume_changes_noth
         assert!(t0.elapsed() < Duration::from_secs(120) && child.try_wait().unwrap().is_none(), "no lock seen");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let (rc, err) = finetune(&["--config", s(&cfg)]);
+    let (rc, err) = finetune_rc(&["--config", s(&cfg)]);
     assert_eq!(rc, 1);
     assert!(err.contains("in use"), "{err}");
     assert!(child.wait().unwrap().success());
 
-    let (rc, err) = finetune(&["--config", s(&cfg)]);
+    let (rc, err) = finetune_rc(&["--config", s(&cfg)]);
     assert_eq!(rc, 1);
     assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
 
     let before = std::fs::read(run.join("config.yaml")).unwrap();
     let bogus = dir.path().join("bogus.safetensors");
     std::fs::write(&bogus, b"not a checkpoint").unwrap();
-    let (rc, err) = finetune(&["--config", s(&cfg), "--set", "train.epochs=3", "--resume", s(&bogus)]);
+    let (rc, err) = finetune_rc(&["--config", s(&cfg), "--set", "train.epochs=3", "--resume", s(&bogus)]);
     assert_eq!(rc, 1);
     assert!(err.contains("bogus.safetensors") && !err.contains("frame #"), "{err}");
     assert_eq!(std::fs::read(run.join("config.yaml")).unwrap(), before, "a failed resume rewrote config.yaml");
 
     let last = run.join("checkpoints/last.safetensors");
     let (rc, err) =
-        finetune(&["--config", s(&cfg), "--set", "train.epochs=3", "--set", "arch=resnet34", "--resume", s(&last)]);
+        finetune_rc(&["--config", s(&cfg), "--set", "train.epochs=3", "--set", "arch=resnet34", "--resume", s(&last)]);
     assert_eq!(rc, 1);
     assert!(err.contains("checkpoint of a resnet18 run, but the config's arch is resnet34"), "{err}");
 
-    let (rc, err) = finetune(&["--config", s(&cfg), "--overwrite"]);
+    let (rc, err) = finetune_rc(&["--config", s(&cfg), "--overwrite"]);
     assert_eq!(rc, 0, "{err}");
 }
 
@@ -279,10 +278,6 @@ fn cli_bounds_and_inputs_are_safe() {
     assert!(e.contains("overwrite the input"), "{e}");
 }
 
-fn history(run: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(run.join("history.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 /// Case 2, 1 ("an epoch that trained on no batch"), 12 (one class), 13 (the NaN message):
 /// unreadable validation images are named and counted and the accuracy says over how many

@@ -217,15 +217,6 @@ fn scripted_config(dir: &Path, data: &Path, out: &str, reset: bool) -> PathBuf {
     p
 }
 
-fn finetune(args: &[&str]) -> std::process::Output {
-    bin().arg("finetune").arg("--quiet").args(args).output().unwrap()
-}
-
-fn sorted_tensors(path: &Path) -> Vec<(String, Tensor)> {
-    let mut v = Tensor::read_safetensors(path).unwrap();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
 
 /// The scripted ResNet-18 (1000 classes) fine-tuned onto the 6 synthetic classes with
 /// `reset_head`: refused without it; its BatchNorm statistics are in the checkpoints, so a run

@@ -16,9 +16,7 @@ use tch::{Device, Tensor};
 
 /// A tiny dataset: 6 classes of 48 px shapes (ResNet-18 maps of 2 x 2).
 fn tiny_data(dir: &Path, train: usize) -> PathBuf {
-    let root = dir.join("data");
-    synth::write(&root, &SynthConfig { size: 48, train_per_class: train, val_per_class: 2, seed: 1 }).unwrap();
-    root
+    common::tiny_data(dir, 48, train)
 }
 
 /// A config for a ResNet-18 on `data`: 3 epochs of 2 steps, one of them plain pre-training.
@@ -39,15 +37,6 @@ fn tiny_config(dir: &Path, data: &Path, out: &str) -> PathBuf {
     p
 }
 
-fn finetune(args: &[&str]) -> std::process::Output {
-    bin().arg("finetune").arg("--quiet").args(args).output().unwrap()
-}
-
-fn tensors(path: &Path) -> Vec<(String, Tensor)> {
-    let mut v = Tensor::read_safetensors(path).unwrap();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
 
 #[test]
 fn config_errors_name_the_key_before_any_work() {
@@ -156,7 +145,7 @@ fn kill_9_and_resume_gives_the_same_weights_bit_for_bit() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("resumed from"));
 
-    let (a, b) = (tensors(&dir.path().join("straight/final.safetensors")), tensors(&run.join("final.safetensors")));
+    let (a, b) = (sorted_tensors(&dir.path().join("straight/final.safetensors")), sorted_tensors(&run.join("final.safetensors")));
     assert_eq!(a.len(), b.len());
     for ((ka, ta), (kb, tb)) in a.iter().zip(&b) {
         assert_eq!(ka, kb);
@@ -181,7 +170,7 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("loss is") && err.contains("last good checkpoint"), "{err}");
     let ckpt = dir.path().join("nan/checkpoints/last.safetensors");
-    let named = tensors(&ckpt);
+    let named = sorted_tensors(&ckpt);
     assert!(
         named.iter().all(|(_, t)| t.isfinite().all().int64_value(&[]) == 1),
         "the checkpoint holds non-finite values"
@@ -557,7 +546,7 @@ fn reset_head_fine_tunes_1000_class_weights_onto_the_class_folders() {
     let out = finetune(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let fin: std::collections::BTreeMap<String, Tensor> =
-        tensors(&dir.path().join("reset/final.safetensors")).into_iter().collect();
+        sorted_tensors(&dir.path().join("reset/final.safetensors")).into_iter().collect();
     assert_eq!(fin["fc.weight"].size(), [6, 512]);
     let vars = start.vs.variables();
     let d = max_abs_diff(&fin["conv1.weight"], &vars["conv1.weight"]);

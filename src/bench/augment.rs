@@ -18,17 +18,34 @@ use crate::data::transforms::{self, Placed};
 use crate::models::{Arch, CamModel, Model};
 use crate::ops::Blur;
 
+/// `groupcam bench augment`'s arguments (clap reads them into this struct directly).
+#[derive(clap::Args)]
 pub struct AugmentBench {
+    /// Architectures to measure (random weights: the cost does not depend on them).
+    #[arg(long = "arch", value_name = "ARCH", value_delimiter = ',', default_value = "resnet18,resnet50",
+        value_parser = crate::choice::parser::<Arch>())]
     pub archs: Vec<Arch>,
+    #[arg(long, default_value_t = 16)]
     pub batch: i64,
+    #[arg(long, default_value_t = 16)]
     pub groups: i64,
+    #[arg(long, default_value_t = 224)]
     pub input_size: i64,
-    /// The fast setting's scoring size and apply probability.
+    /// The fast setting's scoring size.
+    #[arg(long, default_value_t = 112)]
     pub fast_score_size: i64,
+    /// The fast setting's apply probability.
+    #[arg(long, default_value_t = 0.5)]
     pub fast_probability: f64,
-    /// The cached maps' side (`augment.cache_size`).
+    /// The cached setting's map side (augment.cache_size).
+    #[arg(long, default_value_t = 56)]
     pub cache_size: u32,
+    /// Timed repetitions after one warm-up, interleaved across the settings.
+    #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<i32>,
 }
 
 /// The schedule the cost of each setting is priced over (the paper's fine-tuning).
@@ -38,6 +55,9 @@ const SCHEDULE_EPOCHS: usize = 20;
 const SEED: i64 = 1;
 
 pub fn run(b: &AugmentBench, device: Device) -> Result<Report> {
+    if let Some(t) = b.threads {
+        tch::set_num_threads(t);
+    }
     let faithful = GroupCamAugment { groups: b.groups, ..Default::default() };
     let settings = [
         ("faithful", faithful.clone()),
@@ -63,7 +83,7 @@ pub fn run(b: &AugmentBench, device: Device) -> Result<Report> {
     let mut tables = Vec::new();
     for &arch in &b.archs {
         tch::manual_seed(0);
-        let model = Model::new(arch, 1000, device);
+        let model = Model::build(arch, 1000, device)?;
         model.set_training(true);
         let mut opt = nn::Sgd { momentum: 0.9, wd: 1e-4, ..Default::default() }.build(&model.vs, 1e-4)?;
         let s = b.input_size;

@@ -17,16 +17,32 @@ use crate::data::Transform;
 use crate::data::transforms::{self, CropParams, Placed, Scratch};
 use crate::models::{Arch, CamModel};
 
+/// `groupcam bench cache`'s arguments (clap reads them into this struct directly).
+#[derive(clap::Args)]
 pub struct CacheBench {
+    /// Architecture of the model whose maps are compared.
+    #[arg(long, default_value = "efficientnet-lite0", value_parser = crate::choice::parser::<Arch>())]
     pub arch: Arch,
+    /// Its trained weights (random weights give maps that say nothing).
+    #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// Real photos (their maps are what is compared).
+    #[arg(long, num_args = 1..)]
     pub images: Vec<PathBuf>,
-    /// Crops per photo.
+    /// RandomResizedCrops per photo.
+    #[arg(long, default_value_t = 50)]
     pub crops: usize,
-    /// Cache sides to compare (augment.cache_size).
+    /// Cache sides to compare.
+    #[arg(long, value_delimiter = ',', default_value = "56,224")]
     pub sides: Vec<u32>,
+    /// The crops' and the whole image's side (data.input_size).
+    #[arg(long, default_value_t = 224)]
     pub input_size: u32,
+    /// G of the augmentation's maps.
+    #[arg(long, default_value_t = 16)]
     pub groups: i64,
+    /// Seed of the crop boxes and their 2 px moves.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
 

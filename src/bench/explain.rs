@@ -9,12 +9,22 @@ use super::{Report, Table, sync, time_interleaved};
 use crate::cam::{self, Batching, Explainer, GroupCam};
 use crate::models::{Arch, Model};
 
+/// `groupcam bench explain`'s arguments (clap reads them into this struct directly).
+#[derive(clap::Args)]
 pub struct ExplainBench {
+    /// Architectures to measure.
+    #[arg(long = "arch", value_name = "ARCH", value_delimiter = ',', default_value = "resnet50,efficientnet-lite0",
+        value_parser = crate::choice::parser::<Arch>())]
     pub archs: Vec<Arch>,
-    /// Weights for a single arch (default: random weights; timing does not depend on them).
+    /// Weights for a single --arch (default: random weights; timing does not depend on them).
+    #[arg(long)]
     pub weights: Option<PathBuf>,
+    #[arg(long, default_value_t = 32)]
     pub groups: i64,
+    #[arg(long, default_value_t = 224)]
     pub input_size: i64,
+    /// Timed repetitions after one warm-up.
+    #[arg(long, default_value_t = 5)]
     pub reps: usize,
 }
 
@@ -24,7 +34,7 @@ pub fn run(b: &ExplainBench, device: Device) -> Result<Report> {
     for &arch in &b.archs {
         let model = match &b.weights {
             Some(w) => Model::load(arch, w, device)?,
-            None => Model::new(arch, 1000, device),
+            None => Model::build(arch, 1000, device)?,
         };
         let s = b.input_size;
         let x = Tensor::rand([1, 3, s, s], (Kind::Float, device));

@@ -14,14 +14,24 @@ use crate::cam::{Batching, Explainer, default_chunk};
 use crate::eval::insdel::{self, Mode, Preset, argmax_classes, auc};
 use crate::models::Arch;
 
+/// `groupcam bench insdel`'s arguments (clap reads them into this struct directly).
+#[derive(clap::Args)]
 pub struct InsdelBench {
+    #[arg(long, default_value = "efficientnet-lite0", value_parser = crate::choice::parser::<Arch>())]
     pub arch: Arch,
+    #[arg(long)]
     pub weights: Option<PathBuf>,
+    #[arg(long)]
     pub image: Option<PathBuf>,
+    #[arg(long, default_value = "groupcam", value_parser = crate::choice::parser::<Preset>())]
     pub preset: Preset,
-    /// The lanes variant's scoring (the model's default when not set).
+    /// Images per forward of the lanes variant (default: the model's).
+    #[arg(long)]
     pub chunk: Option<i64>,
+    /// Lanes of the lanes variant (default: the model's).
+    #[arg(long)]
     pub lanes: Option<usize>,
+    #[arg(long, default_value_t = 3)]
     pub reps: usize,
 }
 

@@ -29,21 +29,61 @@ pub struct Torchvision {
     pub script: PathBuf,
 }
 
-#[derive(Clone, Debug)]
+/// `groupcam bench loader`'s arguments (clap reads them into this struct directly).
+#[derive(Clone, Debug, clap::Args)]
 pub struct LoaderBench {
-    /// An ImageFolder to read; `None`: JPEGs generated from `photos` (see [`write_jpegs`]).
+    /// An ImageFolder (class sub-folders) to read (default: ImageNet-like JPEGs made from --photos).
+    #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Photos the generated JPEGs are cut from.
+    #[arg(long, value_delimiter = ',', default_value = "tests/data/coffee.png,tests/data/chelsea.png")]
     pub photos: Vec<PathBuf>,
-    /// Generated images (with `data` unset).
+    /// JPEGs to generate (without --data).
+    #[arg(long, default_value_t = 256)]
     pub images: usize,
+    /// Worker counts to measure (threads here, DataLoader processes on the torchvision side).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub workers: Vec<usize>,
+    #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    #[arg(long, default_value_t = 224)]
     pub size: u32,
+    /// Timed repetitions after one warm-up, interleaved across the paths.
+    #[arg(long, default_value_t = 5)]
     pub reps: usize,
-    pub torchvision: Option<Torchvision>,
-    /// Where to write the first crops of both paths and their boxes, for the script's pixel
-    /// comparison with torchvision.
+    /// Python with torch and torchvision for the torchvision side (default: .venv/bin/python if
+    /// it exists; without one that side is skipped).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// The torchvision side's script.
+    #[arg(long, default_value = "scripts/loader_torchvision.py")]
+    pub script: PathBuf,
+    /// Skip the torchvision side.
+    #[arg(long)]
+    pub no_torchvision: bool,
+    /// Write the first crops of both paths and their boxes here (for the script's `compare`).
+    #[arg(long)]
     pub dump: Option<PathBuf>,
+}
+
+impl LoaderBench {
+    /// The torchvision side, if it runs: `python` (else `.venv/bin/python` where it exists)
+    /// running `script`, unless `no_torchvision`.
+    pub fn torchvision(&self) -> Result<Option<Torchvision>> {
+        let python = self.python.clone().or_else(|| Some(PathBuf::from(".venv/bin/python")).filter(|p| p.exists()));
+        match python {
+            Some(python) if !self.no_torchvision => {
+                if !self.script.exists() {
+                    bail!(
+                        "torchvision script {} not found (run from the repository root, or --script)",
+                        self.script.display()
+                    );
+                }
+                Ok(Some(Torchvision { python, script: self.script.clone() }))
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 /// How [`write_jpegs`] makes a folder of ImageNet-like JPEGs.
@@ -162,14 +202,15 @@ fn torchvision_epoch(tv: &Torchvision, data: &Path, b: &LoaderBench, workers: us
 /// (DataLoader's workers set that themselves), and the old path's small per-image tensor ops
 /// otherwise wake libtorch's whole pool for each image.
 pub fn run(b: &LoaderBench) -> Result<Report> {
+    let tv = b.torchvision()?;
     let threads = tch::get_num_threads();
     tch::set_num_threads(1);
-    let report = run_one_thread(b);
+    let report = run_one_thread(b, tv.as_ref());
     tch::set_num_threads(threads);
     report
 }
 
-fn run_one_thread(b: &LoaderBench) -> Result<Report> {
+fn run_one_thread(b: &LoaderBench, torchvision: Option<&Torchvision>) -> Result<Report> {
     let tmp = TempDir::new("loader");
     let (root, made) = match &b.data {
         Some(d) => (d.clone(), false),
@@ -212,7 +253,7 @@ fn run_one_thread(b: &LoaderBench) -> Result<Report> {
             if n_old != images {
                 bail!("the old path decoded {n_old} images, the new one {images}");
             }
-            let t_tv = match &b.torchvision {
+            let t_tv = match torchvision {
                 Some(side) => Some(torchvision_epoch(side, &root, b, w)?),
                 None => None,
             };
@@ -239,7 +280,7 @@ fn run_one_thread(b: &LoaderBench) -> Result<Report> {
             bail!("no image of {} could be decoded", root.display());
         }
     }
-    if b.torchvision.is_none() {
+    if torchvision.is_none() {
         notes.push("torchvision side not run (--no-torchvision, or no --python and no .venv/bin/python)".into());
     }
 

@@ -11,15 +11,26 @@ use crate::eval::insdel::argmax_classes;
 use crate::imageio;
 use crate::models::{Arch, CamModel, Model};
 
+/// `groupcam bench methods`'s arguments (clap reads them into this struct directly).
+#[derive(clap::Args)]
 pub struct MethodsBench {
+    #[arg(long, default_value = "efficientnet-lite0", value_parser = crate::choice::parser::<Arch>())]
     pub arch: Arch,
     /// Weights (default: random; Score-CAM's time depends on them through its skipped constant channels).
+    #[arg(long)]
     pub weights: Option<PathBuf>,
+    #[arg(long, value_delimiter = ',', default_value = "groupcam,gradcam,gradcampp,scorecam,rise",
+        value_parser = crate::choice::parser::<Method>())]
     pub methods: Vec<Method>,
     /// An image to explain (default: random noise).
+    #[arg(long)]
     pub image: Option<PathBuf>,
+    #[arg(long, default_value_t = 224)]
     pub input_size: u32,
+    #[arg(long, default_value_t = 4000)]
     pub rise_masks: i64,
+    /// Timed repetitions after one warm-up.
+    #[arg(long, default_value_t = 3)]
     pub reps: usize,
 }
 
@@ -27,7 +38,7 @@ pub struct MethodsBench {
 pub(crate) fn model(arch: Arch, weights: &Option<PathBuf>, device: Device) -> Result<Model> {
     match weights {
         Some(w) => Model::load(arch, w, device),
-        None => Ok(Model::new(arch, 1000, device)),
+        None => Model::build(arch, 1000, device),
     }
 }
 

@@ -12,12 +12,23 @@ use crate::cam::{self, Batching, Explainer, GroupCam};
 use crate::models::{Arch, CamModel, ConcurrentEval, Model, Normalization};
 use crate::train::{LossScaler, Trainer, sgd::Sgd};
 
+/// `groupcam bench torchscript`'s arguments (clap reads them into this struct directly).
+#[derive(clap::Args)]
 pub struct TorchScriptBench {
-    /// A TorchScript archive of a ResNet-50 (the README's `export_cnn(resnet50(), ...)`).
+    /// A TorchScript archive of a torchvision ResNet-50 (README: export_cnn(resnet50(), path)).
+    #[arg(long)]
     pub archive: PathBuf,
+    /// Images per forward and per training step.
+    #[arg(long, default_value_t = 8)]
     pub batch: i64,
+    #[arg(long, default_value_t = 32)]
     pub groups: i64,
+    /// Timed repetitions after one warm-up, interleaved across the rows.
+    #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<i32>,
 }
 
 /// A model offered to the scoring lanes whatever it says of itself: for measuring whether a
@@ -64,6 +75,9 @@ fn numel(m: &Model) -> i64 {
 }
 
 pub fn run(b: &TorchScriptBench, device: Device) -> Result<Report> {
+    if let Some(t) = b.threads {
+        tch::set_num_threads(t);
+    }
     let script = Model::load(Arch::TorchScript, &b.archive, device)?;
     let builtin = Model::new(Arch::Resnet50, script.num_classes(), device);
     if numel(&script) != numel(&builtin) {

@@ -14,16 +14,27 @@ use crate::models::{Arch, CamModel, Model, Normalization};
 use crate::synth::{self, SynthConfig};
 use crate::train::{LossScaler, Trainer, log_step, sgd::Sgd};
 
+/// `groupcam bench train`'s arguments (clap reads them into this struct directly).
+#[derive(clap::Args)]
 pub struct TrainBench {
+    /// Architecture of the step measurement.
+    #[arg(long, default_value = "resnet50", value_parser = crate::choice::parser::<Arch>())]
     pub arch: Arch,
+    #[arg(long, default_value_t = 16)]
     pub batch: i64,
+    #[arg(long, default_value_t = 224)]
     pub size: i64,
+    /// Timed repetitions after one warm-up.
+    #[arg(long, default_value_t = 5)]
     pub reps: usize,
     /// Loader worker counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub workers: Vec<usize>,
     /// Synthetic training images (320 x 320 PNG) decoded per loader measurement.
+    #[arg(long, default_value_t = 96)]
     pub images: usize,
-    /// fp16 autocast and loss scaling in the trainer's step (CUDA only).
+    /// The trainer's step with fp16 autocast and loss scaling, as `train.amp` does (CUDA).
+    #[arg(long)]
     pub amp: bool,
 }
 
@@ -71,7 +82,7 @@ pub fn run(b: &TrainBench, device: Device) -> Result<Report> {
     }
     drop(data_dir);
 
-    let model = Model::new(b.arch, 1000, device);
+    let model = Model::build(b.arch, 1000, device)?;
     model.set_training(true);
     let x = Tensor::randn([b.batch, 3, b.size, b.size], (Kind::Float, device));
     let y = Tensor::randint(1000, [b.batch], (Kind::Int64, device));

@@ -12,7 +12,7 @@ use super::{Arch, HeadSpec, weights};
 
 /// The classifier's weight and bias in a built-in architecture's state dict.
 pub fn classifier_keys(arch: Arch) -> (&'static str, String) {
-    let w = arch.spec().classifier;
+    let w = arch.classifier_key();
     (w, format!("{}.bias", w.trim_end_matches(".weight")))
 }
 

@@ -88,9 +88,9 @@ impl Normalization {
     }
 }
 
-/// The architectures the crate builds, with torchvision's (or efficientnet-pytorch's) names.
-/// Each has one entry in [`Arch::spec`]: adding an architecture is a variant, its entry and
-/// its file.
+/// The architectures the crate builds, with torchvision's (or efficientnet-pytorch's) names,
+/// and `TorchScript`. Each built one has one entry in [`Arch::spec`]: adding an architecture is
+/// a variant, its entry and its file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
     Resnet18,
@@ -101,8 +101,8 @@ pub enum Arch {
     Vgg16,
     Vgg19,
     EfficientNetLite0,
-    /// Any classifier exported as a TorchScript archive (`torchscript.rs`); not in `ALL`, as it
-    /// is loaded from its archive rather than built.
+    /// Any classifier exported as a TorchScript archive (`torchscript.rs`); not in `ALL` and
+    /// without an [`ArchSpec`], as it is loaded from its archive rather than built.
     TorchScript,
 }
 
@@ -129,7 +129,9 @@ impl Arch {
         Arch::EfficientNetLite0,
     ];
 
-    pub fn spec(self) -> ArchSpec {
+    /// The built architecture's entry; `None` for `TorchScript`, whose network, preprocessing
+    /// and classifier come from its archive.
+    pub fn spec(self) -> Option<ArchSpec> {
         use efficientnet_lite::EfficientNetLite;
         use resnet::ResNet;
         use vgg::Vgg;
@@ -182,22 +184,25 @@ impl Arch {
                 Normalization::TF_LITE,
                 "_fc.weight",
             ),
-            Arch::TorchScript => (
-                "torchscript",
-                |_, _| panic!("a TorchScript model is loaded from its archive (Model::load)"),
-                Normalization::IMAGENET,
-                "",
-            ),
+            Arch::TorchScript => return None,
         };
-        ArchSpec { name, build, norm, classifier }
+        Some(ArchSpec { name, build, norm, classifier })
     }
 
     pub fn name(self) -> &'static str {
-        self.spec().name
+        self.spec().map_or("torchscript", |s| s.name)
     }
 
+    /// Its classifier's weight in a state dict; none for `TorchScript` (the archive names its
+    /// own, `torchscript.rs`), so that no key matches.
+    pub fn classifier_key(self) -> &'static str {
+        self.spec().map_or("", |s| s.classifier)
+    }
+
+    /// The preprocessing its weights expect; for `TorchScript`, ImageNet's until the archive's
+    /// own attributes say otherwise (`Model::input_norm`).
     pub fn input_norm(self) -> Normalization {
-        self.spec().norm
+        self.spec().map_or(Normalization::IMAGENET, |s| s.norm)
     }
 }
 
@@ -295,10 +300,22 @@ pub struct Model {
 
 impl Model {
     /// A randomly initialised model (PyTorch's default initialisers as tch implements them).
+    ///
+    /// # Panics
+    /// For `Arch::TorchScript`, which is loaded, not built: where the architecture comes from
+    /// the user, [`Model::build`] says so as an error.
     pub fn new(arch: Arch, num_classes: i64, device: Device) -> Model {
+        Model::build(arch, num_classes, device).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Model::new`], or an error for an architecture that is loaded rather than built.
+    pub fn build(arch: Arch, num_classes: i64, device: Device) -> Result<Model> {
+        let Some(spec) = arch.spec() else {
+            bail!("a {arch} model is loaded from its archive (--weights), not built with random weights");
+        };
         let vs = nn::VarStore::new(device);
-        let net = (arch.spec().build)(&vs.root(), num_classes);
-        Model { arch, vs, net, classes: num_classes, training: Cell::new(false) }
+        let net = (spec.build)(&vs.root(), num_classes);
+        Ok(Model { arch, vs, net, classes: num_classes, training: Cell::new(false) })
     }
 
     /// Builds the architecture and loads weights from a torchvision `.pth`/`.pt` state dict,
@@ -320,7 +337,7 @@ impl Model {
         }
         let mut tensors = weights::read(path)?;
         let classes = head::classes(arch, &tensors, path, head)?;
-        let mut model = Model::new(arch, classes, device);
+        let mut model = Model::build(arch, classes, device)?;
         head::keep_fresh_head(arch, &model.vs, &mut tensors, classes)?;
         weights::assign(&mut model.vs, tensors, path, arch)?;
         Ok(model)
@@ -335,7 +352,7 @@ impl Model {
                 torchscript::reinitialise(&model.vs);
                 Ok(model)
             }
-            None => Ok(Model::new(self.arch, self.classes, self.device())),
+            None => Model::build(self.arch, self.classes, self.device()),
         }
     }
 

@@ -132,7 +132,7 @@ fn read_storages(path: &Path, infos: Vec<candle_core::pickle::TensorInfo>) -> Re
 /// The class count of a state dict, read from its classifier; a file without the
 /// architecture's classifier is named as belonging to another architecture.
 pub fn classifier_classes(arch: Arch, tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<i64> {
-    let key = arch.spec().classifier;
+    let key = arch.classifier_key();
     match tensors.get(key) {
         Some(t) if t.dim() == 2 => Ok(t.size()[0]),
         Some(t) => {

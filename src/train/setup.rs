@@ -93,7 +93,7 @@ fn build_model(cfg: &Config, classes: i64, data_root: &Path, device: Device) -> 
     tch::manual_seed(cfg.train.seed as i64);
     let model = match &cfg.weights {
         Some(w) => Model::load_with(cfg.arch, w, device, head)?,
-        None => Model::new(cfg.arch, classes, device),
+        None => Model::build(cfg.arch, classes, device)?,
     };
     if model.num_classes() != classes {
         bail!(

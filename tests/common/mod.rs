@@ -53,3 +53,46 @@ pub fn s(p: &Path) -> &str {
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_groupcam"))
 }
+
+// ---- whole runs ---------------------------------------------------------------------------
+
+/// `groupcam finetune --quiet ARGS`, not yet run (to spawn, or to add options).
+pub fn finetune_cmd(args: &[&str]) -> Command {
+    let mut c = bin();
+    c.arg("finetune").arg("--quiet").args(args);
+    c
+}
+
+/// `groupcam finetune --quiet ARGS`, run to its end whatever its exit.
+pub fn finetune(args: &[&str]) -> std::process::Output {
+    finetune_cmd(args).output().unwrap()
+}
+
+/// `finetune`, failing the test with the run's stderr unless it succeeded.
+pub fn finetune_ok(args: &[&str]) -> std::process::Output {
+    let out = finetune(args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A run directory's history.json: one object per epoch.
+pub fn history(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("history.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A safetensors file's tensors, sorted by name (files list them in any order).
+pub fn sorted_tensors(path: &Path) -> Vec<(String, Tensor)> {
+    let mut v = Tensor::read_safetensors(path).unwrap();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// `dir/data`: the 6 synthetic shape classes at `size` px, `train` training and 2 validation
+/// images per class (seed 1).
+pub fn tiny_data(dir: &Path, size: u32, train: usize) -> PathBuf {
+    let root = dir.join("data");
+    let cfg = groupcam::synth::SynthConfig { size, train_per_class: train, val_per_class: 2, seed: 1 };
+    groupcam::synth::write(&root, &cfg).unwrap();
+    root
+}
