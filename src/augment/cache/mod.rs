@@ -44,7 +44,7 @@ use crate::augment::{CacheOf, Precision};
 use crate::data::ImageFolder;
 
 pub use cut::{cut_mask, mask_tensor};
-pub use refresh::{RefreshStats, Stopped, to_cache, write_part};
+pub use refresh::{RefreshStats, Stopped, to_cache, to_score_rows, write_part};
 pub use store::{Rebuild, SaliencyCache, bytes_needed, check_space, clear, free_bytes, publish, score_bytes_needed};
 
 /// What a cache holds and what it was computed with: equal to the run's wish, or rebuilt.
