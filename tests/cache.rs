@@ -386,3 +386,25 @@ fn a_score_cached_run_refreshes_on_schedule_and_resumes_bit_for_bit() {
         assert!(t.equal(&b[k]), "tensor {k} differs after the resume");
     }
 }
+
+/// Scores cached on 2 ranks: each rank scores every second image into its own part of the run
+/// directory's cache and trains with the scores of both parts; the ranks' weights stay
+/// bit-identical (checked by the run at every step and at the end).
+#[test]
+fn two_ranks_share_a_score_cache_in_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth_data(dir.path(), 1);
+    let cfg = config_with(dir.path(), &data, "ranks", 2, ", cache: scores");
+    let out = finetune(&["--config", s(&cfg), "--nproc", "2", "--set", "dist.check_every=1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("group scores (whole images at 48 px) before epoch 2") && text.contains("on rank 0 of 2"), "{text}");
+    let n = ImageFolder::open(&data.join("train")).unwrap().len() as u64;
+    for (r, rows) in [(0, n.div_ceil(2)), (1, n / 2)] {
+        let part = dir.path().join(format!("ranks/saliency-cache/part-{r}-of-2.f16"));
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), rows * 16 * 2, "{}", part.display());
+    }
+    let h = history(&dir.path().join("ranks"));
+    assert!(h[1]["augmented_fraction"].as_f64().unwrap() > 0.0, "{h:?}");
+    assert_eq!(h[1]["maps_from_epoch"], 2);
+    assert_eq!(h[1]["cached"], "scores");
+}
