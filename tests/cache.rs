@@ -347,7 +347,8 @@ fn a_score_cached_run_refreshes_on_schedule_and_resumes_bit_for_bit() {
     let scores = ", cache: scores";
     let out = finetune(&["--config", s(&config_with(dir.path(), &data, "straight", 4, scores))]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let refreshes: Vec<&str> = text.lines().filter(|l| l.contains(" 16 group scores (whole images at 48 px)")).collect();
+    let refreshes: Vec<&str> =
+        text.lines().filter(|l| l.contains(" 16 group scores (whole images at 48 px)")).collect();
     assert_eq!(refreshes.len(), 2, "{text}");
     assert!(refreshes[0].contains("before epoch 2") && refreshes[1].contains("before epoch 4"), "{text}");
     assert!(text.contains("(cached scores: refreshed every 2 epochs, these from before epoch 4)"), "{text}");
@@ -397,7 +398,10 @@ fn two_ranks_share_a_score_cache_in_parts() {
     let cfg = config_with(dir.path(), &data, "ranks", 2, ", cache: scores");
     let out = finetune(&["--config", s(&cfg), "--nproc", "2", "--set", "dist.check_every=1"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("group scores (whole images at 48 px) before epoch 2") && text.contains("on rank 0 of 2"), "{text}");
+    assert!(
+        text.contains("group scores (whole images at 48 px) before epoch 2") && text.contains("on rank 0 of 2"),
+        "{text}"
+    );
     let n = ImageFolder::open(&data.join("train")).unwrap().len() as u64;
     for (r, rows) in [(0, n.div_ceil(2)), (1, n / 2)] {
         let part = dir.path().join(format!("ranks/saliency-cache/part-{r}-of-2.f16"));

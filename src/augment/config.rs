@@ -128,7 +128,6 @@ impl<'de> Deserialize<'de> for Refresh {
     }
 }
 
-
 fn default_true() -> bool {
     true
 }

@@ -179,10 +179,8 @@ impl GroupCamAugment {
         tch::no_grad(|| {
             let (_, _, h, w) = images.size4()?;
             let labels = self.check(model, images, Some(labels))?.expect("labels were given");
-            let cam = self.explainer(images.device(), h * w, self.score_dims(h, w));
-            let blurred = cam.blur.apply(images)?;
-            let dims = self.score_dims(h, w);
-            self.precise(images.device(), || cam.group_scores(model, images, &blurred, Some(&labels), dims))
+            let (cam, dims) = (self.explainer(images.device(), h * w, self.score_dims(h, w)), self.score_dims(h, w));
+            self.precise(images.device(), || cam.group_scores(model, images, Some(&labels), dims))
         })
     }
 
@@ -233,8 +231,7 @@ impl GroupCamAugment {
         let x = images.index_select(0, &idx);
         let cam = self.explainer(images.device(), h * w, self.score_dims(h, w));
         let blurred = cam.blur.apply(&x)?;
-        let chosen_labels: Option<Vec<i64>> =
-            labels.map(|labels| chosen.iter().map(|&i| labels[i as usize]).collect());
+        let chosen_labels: Option<Vec<i64>> = labels.map(|labels| chosen.iter().map(|&i| labels[i as usize]).collect());
         let exp = match scores {
             None => {
                 let labels = chosen_labels.as_deref().expect("fresh scores need the labels");
@@ -312,7 +309,8 @@ impl GroupCamAugment {
             let cam = self.explainer(images.device(), h * w, self.score_dims(h, w));
             let blurred = cam.blur.apply(images)?;
             let dims = self.score_dims(h, w);
-            let exp = self.precise(images.device(), || cam.explain_against(model, images, &blurred, Some(&labels), dims))?;
+            let exp =
+                self.precise(images.device(), || cam.explain_against(model, images, &blurred, Some(&labels), dims))?;
             Ok((exp.maps.unsqueeze(1), exp.constant))
         })
     }

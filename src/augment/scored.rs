@@ -25,7 +25,8 @@ impl ScoreCached {
     /// `images` as the step trains on them: [`GroupCamAugment::augment_with_scores`] with the
     /// cached scores of the batch's samples.
     pub fn apply(&self, model: &dyn CamModel, images: Tensor, batch: &Batch) -> Result<Applied> {
-        let cache = self.cache.as_ref().context("a step of a score-cached run came before its score cache was opened")?;
+        let cache =
+            self.cache.as_ref().context("a step of a score-cached run came before its score cache was opened")?;
         let groups = GroupCam { groups: self.aug.groups, ..Default::default() }.group_count(model.target_channels());
         // The cache pads to G columns where torch.chunk makes fewer groups.
         let scores = cache.scores(&batch.samples)?.narrow(1, 0, groups);

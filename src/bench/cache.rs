@@ -81,7 +81,8 @@ pub fn run(b: &CacheBench, device: Device) -> Result<Report> {
         let whole = crop_tensor(&img, &whole_p, &model, &mut scratch)?.to_device(device);
         let class = crate::predict::topk(&model, &whole, 1)?[0][0].class;
         let (map, _) = aug.maps_for(&model, &whole, &Tensor::from_slice(&[class]))?;
-        let scores = aug.scores_for(&model, &whole, &Tensor::from_slice(&[class]))?.to_kind(Kind::Half).to_kind(Kind::Float);
+        let scores =
+            aug.scores_for(&model, &whole, &Tensor::from_slice(&[class]))?.to_kind(Kind::Half).to_kind(Kind::Float);
         let stored: Vec<Vec<u8>> = b
             .sides
             .iter()

@@ -102,23 +102,25 @@ impl GroupCam {
         score_hw: (i64, i64),
     ) -> Result<Explanation> {
         let (_, _, h, w) = x.size4()?;
-        let (act, masks, alpha) = self.scored(model, x, blurred, classes, score_hw)?;
+        let (act, masks, alpha) = self.scored(model, (x, blurred), classes, score_hw)?;
         finish(&self.combine(&masks, &alpha, h, w).squeeze_dim(1), &act.classes)
     }
 
     /// The group scores alone (N x G): alpha_l = ReLU(p_c(I'_l) - p_c(blur)) for the official
-    /// variant, p_c(I'_l) - p_c(blur) for the paper's, 0 for a constant group; arguments as for
-    /// [`GroupCam::explain_against`]. With [`GroupCam::explain_with_scores`] on the same images
-    /// they give its map; on other images (a crop of these) they weigh that image's own groups.
+    /// variant, p_c(I'_l) - p_c(blur) for the paper's, 0 for a constant group, scoring at
+    /// `score_hw` as [`GroupCam::explain_against`] does. With [`GroupCam::explain_with_scores`]
+    /// on the same images they give its map; on other images (a crop of these) they weigh that
+    /// image's own groups.
     pub fn group_scores(
         &self,
         model: &dyn CamModel,
         x: &Tensor,
-        blurred: &Tensor,
         classes: Option<&[i64]>,
         score_hw: (i64, i64),
     ) -> Result<Tensor> {
-        Ok(self.scored(model, x, blurred, classes, score_hw)?.2)
+        let (_, _, h, w) = x.size4()?;
+        self.blur.check(h, w)?;
+        Ok(self.scored(model, (x, &self.blur.apply(x)?), classes, score_hw)?.2)
     }
 
     /// The map of each image from its group maps M_l (one forward of the features) weighed by
@@ -163,12 +165,12 @@ impl GroupCam {
         Ok(())
     }
 
-    /// The activations, the group maps M_l and the scores of `explain_against`.
+    /// The activations, the group maps M_l and the scores of `explain_against`, for the images
+    /// and their baseline `(x, blurred)`.
     fn scored(
         &self,
         model: &dyn CamModel,
-        x: &Tensor,
-        blurred: &Tensor,
+        (x, blurred): (&Tensor, &Tensor),
         classes: Option<&[i64]>,
         score_hw: (i64, i64),
     ) -> Result<(super::Activations, Tensor, Tensor)> {

@@ -92,7 +92,9 @@ impl Run<'_> {
         let seconds = stats.seconds;
         let what = match holds {
             CacheOf::Maps => format!("maps of {s} x {s} px", s = cfg.cache_side()),
-            CacheOf::Scores => format!("images' {} group scores (whole images at {s} px)", cfg.augment.groups, s = want.side),
+            CacheOf::Scores => {
+                format!("images' {} group scores (whole images at {s} px)", cfg.augment.groups, s = want.side)
+            }
         };
         self.console.say(format!(
             "saliency cache: {} {what} before epoch {} in {seconds:.1} s ({:.1} img/s{}){}",
