@@ -120,6 +120,58 @@ fn lower_score_resolution_keeps_the_mask() {
     assert_eq!(GroupCamAugment { score_size: Some(112), ..Default::default() }.score_dims(224, 300), (112, 150));
 }
 
+/// The score-cached form (issue 23): with fresh scores of the same images its masks are the
+/// faithful path's (the same alphas, the same group maps), and with the whole images' scores on
+/// quarter-area crops they are a PyTorch reference of the rule (tests/py/fixtures.py
+/// `score-cached`: the crop's own group maps weighed by the whole image's scores).
+#[test]
+fn score_cached_masks_are_the_faithful_ones_and_the_reference_on_crops() {
+    let model = effnet();
+    let x = photos(&model, &["coffee.png", "chelsea.png"]);
+    let y = labels(&[ESPRESSO, EGYPTIAN_CAT]);
+    let aug = GroupCamAugment::default();
+    let scores = aug.scores_for(&model, &x, &y).unwrap();
+    assert_eq!(scores.size(), [2, 16]);
+    let fresh = aug.augment(&model, &x, &y).unwrap();
+    let cached = aug.augment_with_scores(&model, &x, Some(&y), &scores).unwrap();
+    assert_eq5(&x, &cached);
+    let d = fraction_differing(&fresh.masks, &cached.masks);
+    eprintln!("fresh scores, whole image: {d:.2e} of the mask differs from the faithful one");
+    assert!(d < 1e-3, "{d} of the score-cached mask differs from the faithful one");
+
+    // Quarter-area crops (half the side) at two places, resized back to 224.
+    let crop = |i: i64, top: i64, left: i64| {
+        x.narrow(0, i, 1).narrow(2, top, 112).narrow(3, left, 112).upsample_bilinear2d([224, 224], false, None, None)
+    };
+    let crops = Tensor::cat(&[crop(0, 20, 90), crop(1, 100, 30)], 0);
+    let ours = aug.augment_with_scores(&model, &crops, None, &scores).unwrap();
+    assert_eq5(&crops, &ours);
+    let dir = tempfile::tempdir().unwrap();
+    let (whole_p, crops_p) = (dir.path().join("whole.npy"), dir.path().join("crops.npy"));
+    x.write_npy(&whole_p).unwrap();
+    crops.write_npy(&crops_p).unwrap();
+    let (scores_p, masks_p) = (dir.path().join("scores.npy"), dir.path().join("masks.npy"));
+    let (c0, c1) = (ESPRESSO.to_string(), EGYPTIAN_CAT.to_string());
+    py(&["score-cached", "--weights", s(&effnet_weights()), "--whole", s(&whole_p), "--crops", s(&crops_p)]
+        .into_iter()
+        .chain(["--cls", &c0, &c1, "--groups", "16", "--scores-out", s(&scores_p), "--out", s(&masks_p)])
+        .collect::<Vec<_>>());
+    let ds = max_abs_diff(&scores, &npy(&scores_p));
+    let d = fraction_differing(&ours.masks.squeeze_dim(1), &npy(&masks_p));
+    eprintln!("quarter-area crops: scores max|d| = {ds:.2e}, {d:.2e} of the mask differs from the reference");
+    assert!(ds < 1e-4, "the group scores differ from the reference by {ds}");
+    assert!(d < 1e-3, "{d} of the crops' masks differs from the reference");
+    // The crop's own maps, not its box of the whole image's mask.
+    let boxed = |i: i64, top: i64, left: i64| {
+        cached.masks.narrow(0, i, 1).narrow(2, top, 112).narrow(3, left, 112).upsample_nearest2d([224, 224], None, None)
+    };
+    let cut = Tensor::cat(&[boxed(0, 20, 90), boxed(1, 100, 30)], 0);
+    assert!(fraction_differing(&ours.masks, &cut) > 0.01, "the crops' masks are the whole images' masks cut");
+
+    let bad = aug.augment_with_scores(&model, &x, None, &scores.narrow(1, 0, 8)).unwrap_err().to_string();
+    assert!(bad.contains("group scores must be 2 x 16 floats"), "{bad}");
+}
+
 /// EfficientNet-Lite0 in training mode with gradients set by one SGD step's backward.
 fn trained_effnet() -> (Model, Tensor, Tensor) {
     let model = effnet();

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use groupcam::augment::cache::{self, CacheMeta, SaliencyCache};
-use groupcam::augment::{GroupCamAugment, Threshold, binarize};
+use groupcam::augment::{CacheOf, GroupCamAugment, Precision, Threshold, binarize};
 use groupcam::data::{ImageFolder, Loader, Transform, transforms};
 use groupcam::models::{Arch, Model};
 use groupcam::synth::{self, SynthConfig};
@@ -47,7 +47,14 @@ fn meta(data: &ImageFolder, side: u32, epoch: usize) -> CacheMeta {
         world: 1,
         fingerprint: cache::fingerprint(data),
         epoch,
+        holds: CacheOf::Maps,
+        precision: None,
     }
+}
+
+/// A score cache's description: G = 16 f16 scores of each whole image at the input size.
+fn score_meta(data: &ImageFolder, epoch: usize) -> CacheMeta {
+    CacheMeta { side: S, holds: CacheOf::Scores, precision: Some(Precision::F32), ..meta(data, S, epoch) }
 }
 
 /// Builds a cache of `data` at `side` px in `dir` with `model`.
@@ -173,13 +180,18 @@ fn stale_foreign_and_broken_caches_are_refused_with_the_reason() {
 }
 
 fn config(dir: &Path, data: &Path, out: &str, epochs: usize) -> PathBuf {
+    config_with(dir, data, out, epochs, "")
+}
+
+/// The run of [`config`] with more `augment` keys (`, key: value` each).
+fn config_with(dir: &Path, data: &Path, out: &str, epochs: usize, augment: &str) -> PathBuf {
     let p = dir.join(format!("{out}.yaml"));
     let text = format!(
         "arch: resnet18\n\
          data: {{root: {}, input_size: 48, workers: 2, prefetch: 2}}\n\
          train: {{epochs: {epochs}, batch_size: 6, lr: 0.01, lr_step: 2, lr_gamma: 0.5, seed: 7, device: cpu, threads: 1}}\n\
          pretrain: {{epochs: 1, lr: 0.02}}\n\
-         augment: {{groups: 16, refresh: 2, cache_size: 24}}\n\
+         augment: {{groups: 16, refresh: 2, cache_size: 24{augment}}}\n\
          saliency: {{probe: 4, groups: 8}}\n\
          out: {}\n",
         data.display(),
@@ -255,4 +267,137 @@ fn cache_settings_are_checked_by_key() {
         assert!(!out.status.success() && err.contains(want), "{set}: {err}");
         assert!(!dir.path().join("bad").exists(), "{set}: the run directory was created");
     }
+}
+
+/// A score cache holds the augmentation's own scores of the whole images (f16); one made for
+/// other data, older weights, or holding maps is not opened and says why; a broken part is
+/// named; a stopped pass leaves nothing.
+#[test]
+fn stale_foreign_and_broken_score_caches_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = ImageFolder::open(&synth_data(dir.path(), 1).join("train")).unwrap();
+    tch::manual_seed(0);
+    let model = Model::new(Arch::Resnet18, data.classes.len() as i64, Device::Cpu);
+    let at = dir.path().join("cache");
+    let whole = loader(data.clone(), Transform::Whole { size: S });
+    let aug = GroupCamAugment::default();
+    let m = score_meta(&data, 0);
+    let stats = cache::write_part(&model, &aug, &whole, &m, 0, &at, Device::Cpu, &|| false).unwrap();
+    assert_eq!(stats.images, data.len());
+    cache::publish(&at, &m).unwrap();
+    let part = at.join("part-0-of-1.f16");
+    assert_eq!(std::fs::metadata(&part).unwrap().len(), cache::score_bytes_needed(data.len(), 16));
+    assert_eq!(cache::score_bytes_needed(1_281_167, 16), 40_997_344, "ImageNet at G = 16: 41 MB");
+    let c = SaliencyCache::open(&at, &score_meta(&data, 3), 0, 1.0).unwrap().unwrap();
+    // The scores are the augmentation's own of the whole images, to f16's rounding.
+    let all: Vec<usize> = (0..data.len()).collect();
+    let batch = whole.make_batch(0, &all, &mut Default::default()).unwrap();
+    let fresh = aug.scores_for(&model, &batch.images(Device::Cpu), &batch.labels).unwrap();
+    let stored = c.scores(&all).unwrap();
+    let d = max_abs_diff(&stored, &fresh);
+    assert!(d <= 1e-3 * (1.0 + fresh.abs().max().double_value(&[])), "stored scores differ by {d}");
+    assert!(fresh.gt(0.0).any().int64_value(&[]) == 1, "some group scores are positive");
+    let rev: Vec<usize> = all.iter().rev().copied().collect();
+    assert!(c.scores(&rev).unwrap().equal(&stored.flip([0])), "rows follow the sample indices");
+    assert!(c.scores(&[data.len()]).unwrap_err().to_string().contains("not in the score cache"));
+
+    let why = SaliencyCache::open(&at, &score_meta(&data, 3), 2, 1.0).unwrap().unwrap_err().to_string();
+    assert!(why.contains("needs maps from epoch 3"), "{why}");
+    let other = ImageFolder { samples: data.samples[1..].to_vec(), ..data.clone() };
+    let why = SaliencyCache::open(&at, &score_meta(&other, 0), 0, 1.0).unwrap().unwrap_err().to_string();
+    assert!(why.contains("another training set"), "{why}");
+    let why = SaliencyCache::open(&at, &meta(&data, S, 0), 0, 1.0).unwrap().unwrap_err().to_string();
+    assert_eq!(why, "it holds scores, and the run caches maps (augment.cache: maps)");
+    let f16 = CacheMeta { precision: Some(Precision::F16Autocast), ..score_meta(&data, 0) };
+    let why = SaliencyCache::open(&at, &f16, 0, 1.0).unwrap().unwrap_err().to_string();
+    assert!(why.contains("settings differ"), "{why}");
+    std::fs::write(&part, b"short").unwrap();
+    let why = SaliencyCache::open(&at, &score_meta(&data, 0), 0, 1.0).unwrap().unwrap_err().to_string();
+    assert!(why.contains("part-0-of-1.f16") && why.contains("bytes"), "{why}");
+    cache::clear(&at).unwrap();
+    assert!(std::fs::read_dir(&at).unwrap().next().is_none(), "clear leaves the directory empty");
+    let calls = std::cell::Cell::new(0);
+    let stop = || {
+        calls.set(calls.get() + 1);
+        calls.get() > 1
+    };
+    let e = cache::write_part(&model, &aug, &whole, &score_meta(&data, 0), 0, &at, Device::Cpu, &stop).unwrap_err();
+    assert!(e.downcast_ref::<cache::Stopped>().is_some_and(|s| s.done == 4), "{e:#}");
+    assert!(std::fs::read_dir(&at).unwrap().next().is_none(), "a stopped pass left a file");
+}
+
+/// The score cache's run: scores refreshed every 2 epochs before epochs 2 and 4, the epoch lines
+/// and history say so, and a run stopped after epoch 2 and resumed to 4 ends with the same
+/// weights bit for bit.
+#[test]
+fn a_score_cached_run_refreshes_on_schedule_and_resumes_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth_data(dir.path(), 2);
+    let scores = ", cache: scores";
+    let out = finetune(&["--config", s(&config_with(dir.path(), &data, "straight", 4, scores))]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let refreshes: Vec<&str> =
+        text.lines().filter(|l| l.contains(" 16 group scores (whole images at 48 px)")).collect();
+    assert_eq!(refreshes.len(), 2, "{text}");
+    assert!(refreshes[0].contains("before epoch 2") && refreshes[1].contains("before epoch 4"), "{text}");
+    assert!(text.contains("(cached scores: refreshed every 2 epochs, these from before epoch 4)"), "{text}");
+    let run = dir.path().join("straight");
+    let h = history(&run);
+    let from: Vec<Option<u64>> = (0..4).map(|e| h[e]["maps_from_epoch"].as_u64()).collect();
+    assert_eq!(from, vec![None, Some(2), Some(2), Some(4)]);
+    assert_eq!(h[1]["cached"].as_str(), Some("scores"));
+    assert!(h[1]["augmented_fraction"].as_f64().unwrap() > 0.0 && h[0]["augmented_fraction"].as_f64() == Some(0.0));
+    let n = ImageFolder::open(&data.join("train")).unwrap().len();
+    let part = run.join("saliency-cache/part-0-of-1.f16");
+    assert_eq!(std::fs::metadata(&part).unwrap().len(), cache::score_bytes_needed(n, 16));
+    let listed: CacheMeta =
+        serde_json::from_str(&std::fs::read_to_string(run.join("saliency-cache/cache.json")).unwrap()).unwrap();
+    assert_eq!((listed.epoch, listed.holds, listed.side, listed.samples), (3, CacheOf::Scores, 48, n));
+    let written = std::fs::read_to_string(run.join("config.yaml")).unwrap();
+    assert!(written.contains("cache: scores"), "{written}");
+
+    finetune(&["--config", s(&config_with(dir.path(), &data, "split", 2, scores))]);
+    let split = dir.path().join("split");
+    let out = finetune(&[
+        "--config",
+        s(&config_with(dir.path(), &data, "split", 4, scores)),
+        "--resume",
+        s(&split.join("checkpoints/last.safetensors")),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let refreshes: Vec<&str> = text.lines().filter(|l| l.contains(" group scores (whole images")).collect();
+    assert_eq!(refreshes.len(), 1, "epoch 3 reuses the scores made before epoch 2: {text}");
+    assert!(refreshes[0].contains("before epoch 4"), "{text}");
+    let a = Tensor::read_safetensors(run.join("final.safetensors")).unwrap();
+    let b = Tensor::read_safetensors(split.join("final.safetensors")).unwrap();
+    assert_eq!(a.len(), b.len());
+    let b: std::collections::HashMap<_, _> = b.into_iter().collect();
+    for (k, t) in &a {
+        assert!(t.equal(&b[k]), "tensor {k} differs after the resume");
+    }
+}
+
+/// Scores cached on 2 ranks: each rank scores every second image into its own part of the run
+/// directory's cache and trains with the scores of both parts; the ranks' weights stay
+/// bit-identical (checked by the run at every step and at the end).
+#[test]
+fn two_ranks_share_a_score_cache_in_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth_data(dir.path(), 1);
+    let cfg = config_with(dir.path(), &data, "ranks", 2, ", cache: scores");
+    let out = finetune(&["--config", s(&cfg), "--nproc", "2", "--set", "dist.check_every=1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("group scores (whole images at 48 px) before epoch 2") && text.contains("on rank 0 of 2"),
+        "{text}"
+    );
+    let n = ImageFolder::open(&data.join("train")).unwrap().len() as u64;
+    for (r, rows) in [(0, n.div_ceil(2)), (1, n / 2)] {
+        let part = dir.path().join(format!("ranks/saliency-cache/part-{r}-of-2.f16"));
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), rows * 16 * 2, "{}", part.display());
+    }
+    let h = history(&dir.path().join("ranks"));
+    assert!(h[1]["augmented_fraction"].as_f64().unwrap() > 0.0, "{h:?}");
+    assert_eq!(h[1]["maps_from_epoch"], 2);
+    assert_eq!(h[1]["cached"], "scores");
 }

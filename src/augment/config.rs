@@ -37,6 +37,46 @@ pub struct AugmentConfig {
     /// 224), or the input size when that is smaller.
     #[serde(default)]
     pub cache_size: Option<u32>,
+    /// What the cache of `refresh: K` holds: `maps` (each whole image's map, the crop's mask
+    /// cut from it by the loader) or `scores` (each whole image's G group scores; each step
+    /// weighs its crop's own group maps with them: [`GroupCamAugment::augment_with_scores`]).
+    /// Left out of a written config.yaml when it is `maps`, so runs from before the key read
+    /// and write the same config.
+    #[serde(default, skip_serializing_if = "CacheOf::is_maps")]
+    pub cache: CacheOf,
+}
+
+/// `augment.cache`: what the saliency cache holds, and so what a step does with it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheOf {
+    #[default]
+    Maps,
+    Scores,
+}
+
+impl CacheOf {
+    pub const ALL: [CacheOf; 2] = [CacheOf::Maps, CacheOf::Scores];
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheOf::Maps => "maps",
+            CacheOf::Scores => "scores",
+        }
+    }
+    pub fn is_maps(&self) -> bool {
+        *self == CacheOf::Maps
+    }
+}
+crate::choice!(CacheOf);
+
+impl std::str::FromStr for CacheOf {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "maps" => Ok(CacheOf::Maps),
+            "scores" => Ok(CacheOf::Scores),
+            _ => anyhow::bail!("unknown cache content '{s}' (expected maps or scores)"),
+        }
+    }
 }
 
 /// `augment.refresh`: `batch`, or every K epochs.
@@ -87,7 +127,6 @@ impl<'de> Deserialize<'de> for Refresh {
         }
     }
 }
-
 
 fn default_true() -> bool {
     true

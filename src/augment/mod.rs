@@ -36,10 +36,12 @@ pub mod config;
 mod mask;
 mod mode;
 pub mod preview;
+mod scored;
 
-pub use config::{AugmentConfig, Refresh};
+pub use config::{AugmentConfig, CacheOf, Refresh};
 pub use mask::{Threshold, binarize, compose};
 pub use mode::{Applied, Augmentation};
+pub use scored::ScoreCached;
 
 use anyhow::{Result, bail};
 use tch::{Device, Kind, Tensor};
@@ -166,12 +168,59 @@ impl GroupCamAugment {
     /// Augments a normalised B x 3 x H x W batch for its labels (B integers, a tensor on any
     /// device): see the module's documentation.
     pub fn augment(&self, model: &dyn CamModel, images: &Tensor, labels: &Tensor) -> Result<Augmented> {
-        tch::no_grad(|| self.augment_batch(model, images, labels))
+        tch::no_grad(|| self.augment_batch(model, images, Some(labels), None))
     }
 
-    fn augment_batch(&self, model: &dyn CamModel, images: &Tensor, labels: &Tensor) -> Result<Augmented> {
+    /// The augmentation's own group scores of each image for its label (B x G floats on the
+    /// images' device, G as [`GroupCam::group_count`] makes it): alpha_l = ReLU(p(I'_l) - p(blur))
+    /// with the same G, eval mode, no backward, `score_size` and `precision` as
+    /// [`GroupCamAugment::augment`], on every image (no draw). What the score cache stores.
+    pub fn scores_for(&self, model: &dyn CamModel, images: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        tch::no_grad(|| {
+            let (_, _, h, w) = images.size4()?;
+            let labels = self.check(model, images, Some(labels))?.expect("labels were given");
+            let (cam, dims) = (self.explainer(images.device(), h * w, self.score_dims(h, w)), self.score_dims(h, w));
+            self.precise(images.device(), || cam.group_scores(model, images, Some(&labels), dims))
+        })
+    }
+
+    /// [`GroupCamAugment::augment`] with the group scores given (B x G, from
+    /// [`GroupCamAugment::scores_for`], e.g. of each image's whole picture, cached): one forward
+    /// of the batch's features gives each image's own group maps M_l, map = minmax(sum_l alpha_l
+    /// up(M_l)), then the same mask and Eq. 5 as `augment`, and the same draw. No scoring
+    /// forward: its cost is that one forward. `labels`, when given, are checked as `augment`
+    /// checks them; the scores already hold the class.
+    pub fn augment_with_scores(
+        &self,
+        model: &dyn CamModel,
+        images: &Tensor,
+        labels: Option<&Tensor>,
+        scores: &Tensor,
+    ) -> Result<Augmented> {
+        tch::no_grad(|| self.augment_batch(model, images, labels, Some(scores)))
+    }
+
+    /// The augmentation with fresh scores (`scores` None, `labels` given) or given ones.
+    fn augment_batch(
+        &self,
+        model: &dyn CamModel,
+        images: &Tensor,
+        labels: Option<&Tensor>,
+        scores: Option<&Tensor>,
+    ) -> Result<Augmented> {
         let (n, _, h, w) = images.size4()?;
         let labels = self.check(model, images, labels)?;
+        if let Some(s) = scores {
+            let groups = GroupCam { groups: self.groups, ..Default::default() }.group_count(model.target_channels());
+            if s.size() != [n, groups] || !s.is_floating_point() {
+                bail!(
+                    "group scores must be {n} x {groups} floats (one row per image, one score per channel group), \
+                     got a {:?} tensor of shape {:?}",
+                    s.kind(),
+                    s.size()
+                );
+            }
+        }
         let mut outcomes = vec![Outcome::Skipped; n as usize];
         let chosen = self.draw(n);
         if chosen.is_empty() {
@@ -182,8 +231,19 @@ impl GroupCamAugment {
         let x = images.index_select(0, &idx);
         let cam = self.explainer(images.device(), h * w, self.score_dims(h, w));
         let blurred = cam.blur.apply(&x)?;
-        let chosen_labels: Vec<i64> = chosen.iter().map(|&i| labels[i as usize]).collect();
-        let (maps, constant) = self.maps(&cam, model, &x, &blurred, &chosen_labels)?;
+        let chosen_labels: Option<Vec<i64>> = labels.map(|labels| chosen.iter().map(|&i| labels[i as usize]).collect());
+        let exp = match scores {
+            None => {
+                let labels = chosen_labels.as_deref().expect("fresh scores need the labels");
+                let dims = self.score_dims(h, w);
+                self.precise(x.device(), || cam.explain_against(model, &x, &blurred, Some(labels), dims))?
+            }
+            Some(s) => {
+                let alpha = s.to_device(x.device()).index_select(0, &idx);
+                self.precise(x.device(), || cam.explain_with_scores(model, &x, &alpha, chosen_labels.as_deref()))?
+            }
+        };
+        let (maps, constant) = (exp.maps.unsqueeze(1), Tensor::from_slice(&exp.constant).to_device(x.device()));
         let masks = binarize(&maps, &constant, self.threshold);
         let out = compose(&x, &blurred, &masks);
         let kept =
@@ -199,8 +259,9 @@ impl GroupCamAugment {
         })
     }
 
-    /// The settings and labels, checked before any work; the labels come back as integers.
-    fn check(&self, model: &dyn CamModel, images: &Tensor, labels: &Tensor) -> Result<Vec<i64>> {
+    /// The settings and labels (when given), checked before any work; the labels come back as
+    /// integers.
+    fn check(&self, model: &dyn CamModel, images: &Tensor, labels: Option<&Tensor>) -> Result<Option<Vec<i64>>> {
         let n = images.size()[0];
         if !(0.0..=1.0).contains(&self.probability) {
             bail!("apply probability {} is out of range 0..=1", self.probability);
@@ -214,6 +275,7 @@ impl GroupCamAugment {
         if self.precision == Precision::F16Autocast && !images.device().is_cuda() {
             bail!("score precision f16 uses CUDA autocast: the images are on {:?}", images.device());
         }
+        let Some(labels) = labels else { return Ok(None) };
         if labels.size() != [n] || labels.is_floating_point() {
             bail!(
                 "labels must be {n} integers (one per image), got a {:?} tensor of shape {:?}",
@@ -226,7 +288,15 @@ impl GroupCamAugment {
         if let Some(c) = labels.iter().find(|&&c| c < 0 || c >= classes) {
             bail!("label {c} is out of range: the model has {classes} classes (0..{})", classes - 1);
         }
-        Ok(labels)
+        Ok(Some(labels))
+    }
+
+    /// `run` under the map's precision (CUDA autocast for f16).
+    fn precise<T>(&self, device: Device, run: impl FnOnce() -> Result<T>) -> Result<T> {
+        match self.precision {
+            Precision::F32 => run(),
+            Precision::F16Autocast => crate::autocast::autocast(Some(crate::autocast::AutocastDtype::F16), device, run),
+        }
     }
 
     /// Each image's map for its label (m x 1 x H x W in [0, 1]) and whether it came out
@@ -235,11 +305,13 @@ impl GroupCamAugment {
     pub fn maps_for(&self, model: &dyn CamModel, images: &Tensor, labels: &Tensor) -> Result<(Tensor, Vec<bool>)> {
         tch::no_grad(|| {
             let (_, _, h, w) = images.size4()?;
-            let labels = self.check(model, images, labels)?;
+            let labels = self.check(model, images, Some(labels))?.expect("labels were given");
             let cam = self.explainer(images.device(), h * w, self.score_dims(h, w));
             let blurred = cam.blur.apply(images)?;
-            let (maps, constant) = self.maps(&cam, model, images, &blurred, &labels)?;
-            Ok((maps, Vec::<bool>::try_from(constant.to_device(Device::Cpu))?))
+            let dims = self.score_dims(h, w);
+            let exp =
+                self.precise(images.device(), || cam.explain_against(model, images, &blurred, Some(&labels), dims))?;
+            Ok((exp.maps.unsqueeze(1), exp.constant))
         })
     }
 
@@ -282,25 +354,5 @@ impl GroupCamAugment {
             blur: Blur::GROUP_CAM,
             chunk: Some(chunk),
         }
-    }
-
-    /// Maps in [0, 1] at the images' size (m x 1 x H x W) and the constant flags (m bools).
-    fn maps(
-        &self,
-        cam: &GroupCam,
-        model: &dyn CamModel,
-        x: &Tensor,
-        blurred: &Tensor,
-        labels: &[i64],
-    ) -> Result<(Tensor, Tensor)> {
-        let (_, _, h, w) = x.size4()?;
-        let run = || cam.explain_against(model, x, blurred, Some(labels), self.score_dims(h, w));
-        let exp = match self.precision {
-            Precision::F32 => run()?,
-            Precision::F16Autocast => {
-                crate::autocast::autocast(Some(crate::autocast::AutocastDtype::F16), x.device(), run)?
-            }
-        };
-        Ok((exp.maps.unsqueeze(1), Tensor::from_slice(&exp.constant).to_device(x.device())))
     }
 }

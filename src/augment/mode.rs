@@ -4,8 +4,12 @@
 use anyhow::{Context, Result};
 use tch::Tensor;
 
-use super::{AugmentConfig, GroupCamAugment, compose};
-use crate::data::Batch;
+use std::sync::Arc;
+
+use super::cache::SaliencyCache;
+use super::scored::ScoreCached;
+use super::{AugmentConfig, CacheOf, GroupCamAugment, compose};
+use crate::data::{Batch, Loader};
 use crate::models::CamModel;
 use crate::ops::Blur;
 
@@ -19,6 +23,9 @@ pub enum Augmentation {
     /// Masks the loader cut from the map cache (`augment.refresh: K`); the augmenter makes the
     /// cache's maps every `every` fine-tuning epochs.
     Cached { aug: GroupCamAugment, every: usize },
+    /// Each crop's own group maps weighed by its whole image's cached scores
+    /// (`augment.cache: scores`), refreshed every `every` fine-tuning epochs.
+    Scored(ScoreCached),
 }
 
 /// A batch as the step trains on it.
@@ -33,6 +40,9 @@ impl Augmentation {
         match (a.enabled, a.refresh.every()) {
             (false, _) => Augmentation::Off,
             (true, None) => Augmentation::PerBatch(a.augmenter()),
+            (true, Some(every)) if a.cache == CacheOf::Scores => {
+                Augmentation::Scored(ScoreCached { aug: a.augmenter(), every, cache: None })
+            }
             (true, Some(every)) => Augmentation::Cached { aug: a.augmenter(), every },
         }
     }
@@ -41,7 +51,17 @@ impl Augmentation {
     pub fn cached_every(&self) -> Option<usize> {
         match self {
             Augmentation::Cached { every, .. } => Some(*every),
+            Augmentation::Scored(s) => Some(s.every),
             _ => None,
+        }
+    }
+
+    /// Hands the epoch's cache to whoever reads it: the loader (masks cut from maps) or the
+    /// step (scores).
+    pub fn serve(&mut self, cache: Arc<SaliencyCache>, loader: &mut Loader) {
+        match self {
+            Augmentation::Scored(s) => s.cache = Some(cache),
+            _ => loader.masks = Some(cache),
         }
     }
 
@@ -59,9 +79,12 @@ impl Augmentation {
                 let masks = batch
                     .masks_on(images.device())
                     .context("a batch of a cached-maps run came without its masks (the loader has no map cache)")?;
-                let images = tch::no_grad(|| -> Result<Tensor> { Ok(compose(&images, &Blur::GROUP_CAM.apply(&images)?, &masks)) })?;
+                let images = tch::no_grad(|| -> Result<Tensor> {
+                    Ok(compose(&images, &Blur::GROUP_CAM.apply(&images)?, &masks))
+                })?;
                 Ok(Applied { images, augmented: batch.masked })
             }
+            Augmentation::Scored(s) => s.apply(model, images, batch),
         }
     }
 }

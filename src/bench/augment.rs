@@ -5,6 +5,9 @@
 //! is timed as the training thread's part of its step: masks cut from cached maps (the loader's
 //! work in a run, here on the step's thread), blur, blend, plain step; its refresh pass per image
 //! is timed beside, and the paper's 20-epoch schedule is priced in plain epochs per setting.
+//! The score cache (`augment.cache: scores`) likewise: its step (the crop's group maps from one
+//! eval forward weighed by cached scores, blur, blend, plain step; bound 1 + 1/3) and its
+//! refresh pass (the G + 1 scoring forwards and the features forward).
 
 use anyhow::Result;
 use tch::nn::{self, OptimizerConfig};
@@ -140,6 +143,20 @@ pub fn run(b: &AugmentBench, device: Device) -> Result<Report> {
             sync(device);
             Ok(())
         };
+        let scores = faithful.scores_for(&model, &x, &y_cpu)?;
+        let mut scored = || -> Result<()> {
+            let out = faithful.augment_with_scores(&model, &x, Some(&y_cpu), &scores)?;
+            let loss = model.forward(&out.images).cross_entropy_for_logits(&y);
+            opt.borrow_mut().backward_step(&loss);
+            sync(device);
+            Ok(())
+        };
+        let mut score_refresh = || -> Result<()> {
+            let s = faithful.scores_for(&model, &x, &y_cpu)?;
+            drop(std::hint::black_box(cache::to_score_rows(&s, faithful.groups)));
+            sync(device);
+            Ok(())
+        };
         let mut runs: Vec<Box<dyn FnMut() -> Result<()> + '_>> = settings
             .iter()
             .enumerate()
@@ -149,10 +166,13 @@ pub fn run(b: &AugmentBench, device: Device) -> Result<Report> {
         fs.extend(runs.iter_mut().map(|f| f.as_mut() as &mut dyn FnMut() -> Result<()>));
         fs.push(&mut cached);
         fs.push(&mut refresh);
+        fs.push(&mut scored);
+        fs.push(&mut score_refresh);
         let times = time_interleaved(b.reps, &mut fs)?;
         drop(fs);
         drop(runs);
         let (cached_s, refresh_s) = (times[settings.len() + 1], times[settings.len() + 2]);
+        let (scored_s, score_refresh_s) = (times[settings.len() + 3], times[settings.len() + 4]);
         let row = |v: [&str; 8]| v.iter().map(|s| s.to_string()).collect();
         t.push(row([arch.name(), "plain step", "-", "-", &format!("{:.3}", times[0]), "1.00", "1.00", "-"]));
         let mut epochs_cost = vec![];
@@ -187,21 +207,39 @@ pub fn run(b: &AugmentBench, device: Device) -> Result<Report> {
             "1.00".into(),
             format!("{ratio:.2}"),
         ]);
-        // The refresh pass in plain steps per image: each map costs what this share of a step does.
+        // A refresh pass in plain steps per batch, against the (G + 2) / 3 of its forwards.
+        let refresh_row = |label: &str, secs: f64| {
+            let (steps, bound) = (secs / times[0], (faithful.groups + 2) as f64 / 3.0);
+            let cells = [label.to_string(), s.to_string(), "-".into(), format!("{secs:.3}"), format!("{steps:.2}")];
+            [vec![arch.to_string()], cells.to_vec(), vec![format!("{bound:.2}"), format!("{:.2}", steps / bound)]]
+                .concat()
+        };
         let refresh_steps = refresh_s / times[0];
+        t.push(refresh_row("refresh pass (per batch)", refresh_s));
+        let scored_ratio = scored_s / times[0];
+        let score_bound = 4.0 / 3.0;
         t.push(vec![
             arch.to_string(),
-            "refresh pass (per batch)".into(),
-            s.to_string(),
+            "score cache (cached scores, the crop's maps)".into(),
             "-".into(),
-            format!("{refresh_s:.3}"),
-            format!("{refresh_steps:.2}"),
-            format!("{:.2}", (faithful.groups + 2) as f64 / 3.0),
-            format!("{:.2}", refresh_steps / ((faithful.groups + 2) as f64 / 3.0)),
+            format!("{}", faithful.probability),
+            format!("{scored_s:.3}"),
+            format!("{scored_ratio:.2}"),
+            format!("{score_bound:.2}"),
+            format!("{:.2}", scored_ratio / score_bound),
         ]);
+        let score_refresh_steps = score_refresh_s / times[0];
+        t.push(refresh_row("score refresh pass (per batch)", score_refresh_s));
         for k in [1, 5, 20] {
             let refreshes = SCHEDULE_EPOCHS.div_ceil(k) as f64;
             epochs_cost.push((format!("cached, K = {k}"), SCHEDULE_EPOCHS as f64 * ratio + refreshes * refresh_steps));
+        }
+        for k in [1, 5, 20] {
+            let refreshes = SCHEDULE_EPOCHS.div_ceil(k) as f64;
+            epochs_cost.push((
+                format!("score cache, K = {k}"),
+                SCHEDULE_EPOCHS as f64 * scored_ratio + refreshes * score_refresh_steps,
+            ));
         }
         let mut sched = Table::new(&["arch", "setting", &format!("{SCHEDULE_EPOCHS} epochs in plain epochs")]);
         sched.push(vec![arch.to_string(), "plain".into(), format!("{SCHEDULE_EPOCHS}")]);

@@ -3,7 +3,9 @@
 //! (`augment::cache::cut_mask`) against the augmentation's fresh mask of the crop, with the
 //! noise floor of a fresh mask against the fresh mask of the same box moved by 2 px (pixel for
 //! pixel). IoU of the kept pixels, per crop-scale band (box area over image area), the
-//! statistic of scripts/cache_fidelity.py.
+//! statistic of scripts/cache_fidelity.py. The score cache beside it: the crop's own group maps
+//! weighed by the whole image's cached scores (`GroupCamAugment::augment_with_scores`, the
+//! scores rounded to f16 as the cache stores them).
 
 use std::path::PathBuf;
 
@@ -87,6 +89,7 @@ pub fn run(b: &CacheBench, device: Device) -> Result<Report> {
     // Per band: the floor's IoUs and each side's.
     let mut floor = vec![Vec::new(); BANDS.len()];
     let mut cached = vec![vec![Vec::new(); BANDS.len()]; b.sides.len()];
+    let mut scored = vec![Vec::new(); BANDS.len()];
     for path in &b.images {
         let img = crate::data::decode::read_rgb(path)?;
         let (w, h) = img.dimensions();
@@ -94,6 +97,8 @@ pub fn run(b: &CacheBench, device: Device) -> Result<Report> {
         let whole = crop_tensor(&img, &whole_p, &model, &mut scratch)?.to_device(device);
         let class = crate::predict::topk(&model, &whole, 1)?[0][0].class;
         let (map, _) = aug.maps_for(&model, &whole, &Tensor::from_slice(&[class]))?;
+        let scores =
+            aug.scores_for(&model, &whole, &Tensor::from_slice(&[class]))?.to_kind(Kind::Half).to_kind(Kind::Float);
         let stored: Vec<Vec<u8>> = b
             .sides
             .iter()
@@ -122,10 +127,14 @@ pub fn run(b: &CacheBench, device: Device) -> Result<Report> {
             let ms: Vec<Tensor> =
                 moved.iter().map(|p| crop_tensor(&img, p, &model, &mut scratch)).collect::<Result<_>>()?;
             let (f, fm) = (fresh(&aug, &model, &xs, class, device)?, fresh(&aug, &model, &ms, class, device)?);
+            let x = Tensor::cat(&xs, 0).to_device(device);
+            let per = scores.expand([xs.len() as i64, scores.size()[1]], false);
+            let sm = aug.augment_with_scores(&model, &x, None, &per)?.masks.to_device(Device::Cpu);
             for (j, p) in chunk.iter().enumerate() {
                 let area = p.w * p.h / (w as f64 * h as f64);
                 let band = BANDS.iter().position(|&(_, lo, hi)| area >= lo && area < hi).unwrap_or(BANDS.len() - 1);
                 floor[band].push(iou(&f.get(j as i64), &fm.get(j as i64)));
+                scored[band].push(iou(&f.get(j as i64), &sm.get(j as i64)));
                 for (k, (&side, map)) in b.sides.iter().zip(&stored).enumerate() {
                     let m = cache::mask_tensor(map, side, &Placed { params: *p, width: w, height: h })?;
                     cached[k][band].push(iou(&f.get(j as i64), &m.to_kind(Kind::Float)));
@@ -143,6 +152,7 @@ pub fn run(b: &CacheBench, device: Device) -> Result<Report> {
     for (k, &side) in b.sides.iter().enumerate() {
         t.push([vec![format!("cached {side} px vs fresh")], cells(&cached[k])].concat());
     }
+    t.push([vec!["score cache (whole-image scores, the crop's maps) vs fresh".to_string()], cells(&scored)].concat());
     let notes = vec![format!(
         "{} on {} photo(s), {} RandomResizedCrops each (scale [0.08, 1], no flip), {s} px, G = {}, class = top-1 \
          of the whole photo; crops per band: {}",

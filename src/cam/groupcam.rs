@@ -101,13 +101,58 @@ impl GroupCam {
         classes: Option<&[i64]>,
         score_hw: (i64, i64),
     ) -> Result<Explanation> {
+        let (_, _, h, w) = x.size4()?;
+        let (act, masks, alpha) = self.scored(model, (x, blurred), classes, score_hw)?;
+        finish(&self.combine(&masks, &alpha, h, w).squeeze_dim(1), &act.classes)
+    }
+
+    /// The group scores alone (N x G): alpha_l = ReLU(p_c(I'_l) - p_c(blur)) for the official
+    /// variant, p_c(I'_l) - p_c(blur) for the paper's, 0 for a constant group, scoring at
+    /// `score_hw` as [`GroupCam::explain_against`] does. With [`GroupCam::explain_with_scores`]
+    /// on the same images they give its map; on other images (a crop of these) they weigh that
+    /// image's own groups.
+    pub fn group_scores(
+        &self,
+        model: &dyn CamModel,
+        x: &Tensor,
+        classes: Option<&[i64]>,
+        score_hw: (i64, i64),
+    ) -> Result<Tensor> {
+        let (_, _, h, w) = x.size4()?;
+        self.blur.check(h, w)?;
+        Ok(self.scored(model, (x, &self.blur.apply(x)?), classes, score_hw)?.2)
+    }
+
+    /// The map of each image from its group maps M_l (one forward of the features) weighed by
+    /// the given scores `alpha` (N x G, as [`GroupCam::group_scores`] makes them), with no
+    /// scoring forward: the second half of [`GroupCam::explain_against`].
+    pub fn explain_with_scores(
+        &self,
+        model: &dyn CamModel,
+        x: &Tensor,
+        alpha: &Tensor,
+        classes: Option<&[i64]>,
+    ) -> Result<Explanation> {
         let (n, _, h, w) = x.size4()?;
-        if blurred.size() != x.size() {
-            bail!("baseline of shape {:?} for images of shape {:?}", blurred.size(), x.size());
+        self.check(model)?;
+        let groups = self.group_count(model.target_channels());
+        if alpha.size() != [n, groups] {
+            bail!("group scores of shape {:?} for {n} images of {groups} channel groups", alpha.size());
         }
-        if score_hw.0 < 1 || score_hw.1 < 1 {
-            bail!("scoring size {score_hw:?} has no pixels");
-        }
+        let act = activations(model, x, classes, self.weights == ChannelWeights::Gradient)?;
+        let masks = self.masks_of(&act, n, model.target_channels(), x.device());
+        let alpha = alpha.to_device(x.device()).to_kind(Kind::Float);
+        finish(&self.combine(&masks, &alpha, h, w).squeeze_dim(1), &act.classes)
+    }
+
+    /// The groups that `torch.chunk` makes of `k` channels: G, or fewer when G does not divide
+    /// them evenly enough (K = 10, G = 6: 5 groups of 2).
+    pub fn group_count(&self, k: i64) -> i64 {
+        let per = (k + self.groups - 1) / self.groups;
+        (k + per - 1) / per
+    }
+
+    fn check(&self, model: &dyn CamModel) -> Result<()> {
         let k = model.target_channels();
         if self.groups < 1 || self.groups > k {
             bail!("G = {} groups is out of range: the target layer has {k} channels (1..={k})", self.groups);
@@ -117,12 +162,28 @@ impl GroupCam {
                 bail!("de-noise percentile {t} is out of range 0..=100");
             }
         }
+        Ok(())
+    }
+
+    /// The activations, the group maps M_l and the scores of `explain_against`, for the images
+    /// and their baseline `(x, blurred)`.
+    fn scored(
+        &self,
+        model: &dyn CamModel,
+        (x, blurred): (&Tensor, &Tensor),
+        classes: Option<&[i64]>,
+        score_hw: (i64, i64),
+    ) -> Result<(super::Activations, Tensor, Tensor)> {
+        let (n, _, h, w) = x.size4()?;
+        if blurred.size() != x.size() {
+            bail!("baseline of shape {:?} for images of shape {:?}", blurred.size(), x.size());
+        }
+        if score_hw.0 < 1 || score_hw.1 < 1 {
+            bail!("scoring size {score_hw:?} has no pixels");
+        }
+        self.check(model)?;
         let act = activations(model, x, classes, self.weights == ChannelWeights::Gradient)?;
-        let weights = match &act.grad {
-            Some(g) => g.mean_dim([2i64, 3].as_slice(), false, Kind::Float),
-            None => Tensor::ones([n, k], (Kind::Float, x.device())),
-        };
-        let masks = self.group_masks(&act.a, &weights);
+        let masks = self.masks_of(&act, n, model.target_channels(), x.device());
         let groups = masks.size()[1];
         let probs = if score_hw == (h, w) {
             self.score(model, x, blurred, &masks, &act.classes)
@@ -135,19 +196,34 @@ impl GroupCam {
         let flat = masks.flatten(2, 3);
         let live = (flat.amax(2, false) - flat.amin(2, false)).gt(0.0);
         let gain = (probs.narrow(1, 1, groups) - base) * live;
-        let raw = match self.variant {
-            Variant::Official => {
-                // Upsampling is linear, so sum_l alpha_l up(M_l) = up(sum_l alpha_l M_l).
-                let alpha = gain.relu().view([n, groups, 1, 1]);
-                ops::upsample(&(masks * alpha).sum_dim_intlist(1, true, Kind::Float), h, w)
-            }
+        let alpha = match self.variant {
+            Variant::Official => gain.relu(),
+            Variant::Paper => gain,
+        };
+        Ok((act, masks, alpha))
+    }
+
+    /// M_l with the method's channel weights (w^c = 1, or the gradient's spatial mean).
+    fn masks_of(&self, act: &super::Activations, n: i64, k: i64, device: tch::Device) -> Tensor {
+        let weights = match &act.grad {
+            Some(g) => g.mean_dim([2i64, 3].as_slice(), false, Kind::Float),
+            None => Tensor::ones([n, k], (Kind::Float, device)),
+        };
+        self.group_masks(&act.a, &weights)
+    }
+
+    /// The raw map (N x 1 x H x W, before its min-max) from the group maps and their scores.
+    fn combine(&self, masks: &Tensor, alpha: &Tensor, h: i64, w: i64) -> Tensor {
+        let (n, groups) = (masks.size()[0], masks.size()[1]);
+        let alpha = alpha.view([n, groups, 1, 1]);
+        match self.variant {
+            // Upsampling is linear, so sum_l alpha_l up(M_l) = up(sum_l alpha_l M_l).
+            Variant::Official => ops::upsample(&(masks * alpha).sum_dim_intlist(1, true, Kind::Float), h, w),
             Variant::Paper => {
-                let alpha = gain.view([n, groups, 1, 1]);
                 let normed = ops::minmax(&ops::upsample(&masks.reshape([n * groups, 1, -1, masks.size()[3]]), h, w)).0;
                 (normed.view([n, groups, h, w]) * alpha).sum_dim_intlist(1, true, Kind::Float).relu()
             }
-        };
-        finish(&raw.squeeze_dim(1), &act.classes)
+        }
     }
 
     /// M_l = ReLU(sum of w_k A^k over group l), groups split like `torch.chunk`, then Eq. 3.

@@ -95,6 +95,9 @@ pub struct Batch {
     /// of the f32 batch's bytes to copy to a GPU. In page-locked memory when the loader pins.
     pub pixels: Tensor,
     pub labels: Tensor,
+    /// The sample index of each row (the loader's `data.samples`), for what is kept per sample
+    /// (the score cache).
+    pub samples: Vec<usize>,
     pub skipped: Vec<(PathBuf, String)>,
     /// What [`Batch::images`] normalises with.
     pub norm: Normalization,
@@ -295,6 +298,7 @@ impl Loader {
         let buf = unsafe { bytes_of(&pixels) };
         let mut mask_buf = masks.as_ref().map(|m| unsafe { bytes_of(m) });
         let mut labels = Vec::new();
+        let mut samples = Vec::new();
         let mut skipped = Vec::new();
         let mut masked = 0;
         for &i in idx {
@@ -323,7 +327,8 @@ impl Loader {
                             .map_err(panicked)??;
                         masked += usize::from(hides);
                     }
-                    labels.push(*label)
+                    labels.push(*label);
+                    samples.push(i);
                 }
                 Err(e) => skipped.push((path.clone(), format!("{e:#}"))),
             }
@@ -332,6 +337,7 @@ impl Loader {
         Ok(Batch {
             pixels: pixels.narrow(0, 0, n),
             labels: Tensor::from_slice(&labels),
+            samples,
             skipped,
             norm: self.norm,
             masks: masks.map(|m| m.narrow(0, 0, n)),
@@ -360,6 +366,7 @@ impl Loader {
     ) -> Result<Batch> {
         let mut images = Vec::new();
         let mut labels = Vec::new();
+        let mut samples = Vec::new();
         let mut skipped = Vec::new();
         for &i in idx {
             let (path, label) = &self.data.samples[i];
@@ -367,6 +374,7 @@ impl Loader {
                 Ok(t) => {
                     images.push(t);
                     labels.push(*label);
+                    samples.push(i);
                 }
                 Err(e) => skipped.push((path.clone(), format!("{e:#}"))),
             }
@@ -381,6 +389,7 @@ impl Loader {
         Ok(Batch {
             pixels,
             labels: Tensor::from_slice(&labels),
+            samples,
             skipped,
             norm: self.norm,
             masks: None,

@@ -300,6 +300,14 @@ impl Config {
         Ok(())
     }
 
+    /// The saliency cache's bytes on disk for `samples` training images (`augment.cache`).
+    pub fn cache_bytes(&self, samples: usize) -> u64 {
+        match self.augment.cache {
+            crate::augment::CacheOf::Maps => crate::augment::cache::bytes_needed(samples, self.cache_side()),
+            crate::augment::CacheOf::Scores => crate::augment::cache::score_bytes_needed(samples, self.augment.groups),
+        }
+    }
+
     /// The saliency cache's map side (`augment.cache_size`).
     pub fn cache_side(&self) -> u32 {
         self.augment.cache_side(self.data.input_size)

@@ -18,8 +18,8 @@ use crate::dist::{World, sampler};
 /// What one epoch of training saw.
 #[derive(Clone, Debug, Default)]
 pub struct EpochStats {
-    /// With cached maps: the refresh interval, and the 1-based epoch whose weights made them.
-    pub cache: Option<(usize, usize)>,
+    /// With a cache: the refresh interval, the 1-based epoch whose weights made it, and what it holds.
+    pub cache: Option<(usize, usize, crate::augment::CacheOf)>,
     /// The refresh pass before the epoch, when it had one (not in `seconds`).
     pub refresh_seconds: Option<f64>,
     pub loss_sum: f64,
@@ -63,6 +63,7 @@ impl EpochStats {
             seconds: self.seconds,
             refresh_every: self.cache.map(|c| c.0),
             maps_from_epoch: self.cache.map(|c| c.1),
+            cached: self.cache.map(|c| c.2).filter(|h| !h.is_maps()),
             refresh_seconds: self.refresh_seconds,
             ..Default::default()
         }
@@ -91,8 +92,9 @@ impl Run<'_> {
         self.loaders.train.masks = None;
         if let (true, Some(every)) = (augmenting, self.augmentation.cached_every()) {
             let (cache, secs) = self.map_cache(epoch, every)?;
-            (stats.cache, stats.refresh_seconds) = (Some((every, cache.meta().epoch + 1)), secs);
-            self.loaders.train.masks = Some(std::sync::Arc::new(cache));
+            let holds = cache.meta().holds;
+            (stats.cache, stats.refresh_seconds) = (Some((every, cache.meta().epoch + 1, holds)), secs);
+            self.augmentation.serve(std::sync::Arc::new(cache), &mut self.loaders.train);
         }
         let plan = self.train_batches(epoch);
         let steps = plan.len().min(self.cfg.train.max_steps.unwrap_or(usize::MAX));

@@ -78,7 +78,7 @@ pub fn check(cfg: &Config) -> Result<()> {
     if let Some(k) = a.refresh.every() {
         count("augment.refresh", k as i64, 1, i64::MAX)?;
         count("augment.cache_size", cfg.cache_side() as i64, 2, cfg.data.input_size as i64)?;
-        if a.threshold == crate::augment::Threshold::BatchMean {
+        if a.threshold == crate::augment::Threshold::BatchMean && a.cache.is_maps() {
             bail!(
                 "key 'augment.threshold': batch takes one mean over a batch's fresh maps, which cached maps do \
                  not have (each mask is cut at its own crop's mean); use image, or augment.refresh: batch"

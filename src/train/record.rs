@@ -34,6 +34,9 @@ pub struct EpochRecord {
     pub refresh_every: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maps_from_epoch: Option<usize>,
+    /// `scores` when the cache holds group scores (`augment.cache: scores`); absent for maps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached: Option<crate::augment::CacheOf>,
     /// The seconds of the refresh pass before this epoch (not in `seconds`), when it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_seconds: Option<f64>,
@@ -60,7 +63,8 @@ pub(super) fn summary_line(rec: &EpochRecord, epochs: usize) -> String {
                 .zip(rec.maps_from_epoch)
                 .map(|(k, e)| {
                     let every = if k == 1 { "epoch".to_string() } else { format!("{k} epochs") };
-                    format!(" (cached maps: refreshed every {every}, these from before epoch {e})")
+                    let what = rec.cached.map_or("maps", |c| c.name());
+                    format!(" (cached {what}: refreshed every {every}, these from before epoch {e})")
                 })
                 .unwrap_or_default()
     )

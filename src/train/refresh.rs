@@ -1,31 +1,37 @@
-//! The map cache across ranks: before an epoch of a cached-maps run, the cache on disk when
-//! its maps come from the due refresh epoch or later, else rebuilt now with the current
-//! weights, each rank computing its shard. Every rank takes the same decision, and the
+//! The saliency cache across ranks (maps or scores, `augment.cache`): before an epoch of a
+//! cached run, the cache on disk when it comes from the due refresh epoch or later, else
+//! rebuilt now with the current weights, each rank computing its shard. Every rank takes the same decision, and the
 //! collectives (one `any`, three barriers) come in the same order on all of them.
 
 use anyhow::Result;
 
 use super::context::Run;
+use crate::augment::CacheOf;
 use crate::augment::cache::{self, Rebuild, SaliencyCache};
 use crate::data::{Loader, Transform};
 
 impl Run<'_> {
-    /// The map cache `epoch` trains with (see [`cache`]), and the refresh pass's seconds when it ran.
+    /// The cache `epoch` trains with (see [`cache`]), and the refresh pass's seconds when it ran.
     pub fn map_cache(&mut self, epoch: usize, every: usize) -> Result<(SaliencyCache, Option<f64>)> {
         let cfg = self.cfg;
         let start = cfg.pretrain.as_ref().map_or(0, |p| p.epochs);
         let due = cache::due_epoch(epoch, start, every);
         let (rank, world) = (self.world().rank(), self.world().size());
+        let holds = cfg.augment.cache;
+        let scores = holds == CacheOf::Scores;
         let want = cache::CacheMeta {
             version: cache::VERSION,
             samples: self.loaders.train.data.len(),
-            side: cfg.cache_side(),
+            // Scores are of the whole image at the input size.
+            side: if scores { cfg.data.input_size } else { cfg.cache_side() },
             input_size: cfg.data.input_size,
             groups: cfg.augment.groups,
             score_size: cfg.augment.score_size,
             world,
             fingerprint: cache::fingerprint(&self.loaders.train.data),
             epoch,
+            holds,
+            precision: scores.then_some(cfg.augment.precision),
         };
         let dir = self.saver.paths.map_cache.clone();
         let p = cfg.augment.probability;
@@ -84,14 +90,19 @@ impl Run<'_> {
             )
         })?;
         let seconds = stats.seconds;
+        let what = match holds {
+            CacheOf::Maps => format!("maps of {s} x {s} px", s = cfg.cache_side()),
+            CacheOf::Scores => {
+                format!("images' {} group scores (whole images at {s} px)", cfg.augment.groups, s = want.side)
+            }
+        };
         self.console.say(format!(
-            "saliency cache: {} maps of {s} x {s} px before epoch {} in {seconds:.1} s ({:.1} img/s{}){}",
+            "saliency cache: {} {what} before epoch {} in {seconds:.1} s ({:.1} img/s{}){}",
             stats.images,
             epoch + 1,
             stats.images as f64 / seconds.max(1e-9),
             if world > 1 { format!(" on rank {rank} of {world}") } else { String::new() },
             if stats.constant > 0 { format!(", {} constant (passed through)", stats.constant) } else { String::new() },
-            s = cfg.cache_side()
         ));
         Ok((opened, Some(seconds)))
     }

@@ -189,7 +189,7 @@ pub(super) fn start<'a>(cfg: &'a Config, opts: &RunOptions) -> Result<Run<'a>> {
     let caching = augmentation.cached_every().is_some();
     if caching && main {
         // Refused before any work: a full disk found at the first refresh would waste the set-up.
-        let needed = cache::bytes_needed(loaders.train.data.len(), cfg.cache_side());
+        let needed = cfg.cache_bytes(loaders.train.data.len());
         cache::check_space(&RunPaths::of(&cfg.out).map_cache, needed)?;
     }
     let mut model = build_model(cfg, loaders.num_classes(), &loaders.train.data.root, device)?;

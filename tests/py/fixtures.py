@@ -156,6 +156,47 @@ def cmd_groupcam(a):
         save_npy(a.gradcam_out, gradcam_reference(model, x, cls))
 
 
+def score_cached_reference(model, whole, crop, cls, groups):
+    """The score cache's rule, one image and one group at a time: the augmentation's scores of
+    the whole image (w^c = 1, alpha_l = ReLU(p(I'_l) - p(blur)), 0 for a constant group), then
+    the crop's own group maps weighed by them, S = [map >= its mean]."""
+    _, _, h, w = whole.shape
+    model_fn = lambda x: model(x)
+    a = model.extract_features(whole)
+    blurred = blur(whole)
+    p_blur = F.softmax(model_fn(blurred), -1)[0, cls]
+    alphas = []
+    for chunk in a.chunk(groups, 1):
+        m = F.relu(chunk.sum(1, keepdim=True))
+        up = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+        if up.max() == up.min():
+            alphas.append(0.0)
+            continue
+        norm = (up - up.min()) / (up.max() - up.min())
+        p = F.softmax(model_fn(whole * norm + blurred * (1 - norm)), -1)[0, cls]
+        alphas.append(float(F.relu(p - p_blur)))
+    _, _, ch, cw = crop.shape
+    total = torch.zeros(1, 1, ch, cw)
+    for alpha, chunk in zip(alphas, model.extract_features(crop).chunk(groups, 1)):
+        m = F.relu(chunk.sum(1, keepdim=True))
+        total += alpha * F.interpolate(m, size=(ch, cw), mode="bilinear", align_corners=False)
+    cam = minmax(total)[0, 0]
+    return torch.tensor(alphas), (cam >= cam.mean()).float()
+
+
+def cmd_score_cached(a):
+    model = load_effnet(a.weights)
+    whole = torch.from_numpy(np.load(a.whole))
+    crops = torch.from_numpy(np.load(a.crops))
+    scores, masks = [], []
+    for i, c in enumerate(a.cls):
+        s, m = score_cached_reference(model, whole[i : i + 1], crops[i : i + 1], c, a.groups)
+        scores.append(s)
+        masks.append(m)
+    save_npy(a.scores_out, torch.stack(scores))
+    save_npy(a.out, torch.stack(masks))
+
+
 def cmd_load_final(a):
     """Loads groupcam's final.safetensors strictly into the torchvision model and runs it."""
     from safetensors.torch import load_file
@@ -360,6 +401,15 @@ def main():
     s.add_argument("--out", required=True)
     s.add_argument("--gradcam-out", default=None)
     s.set_defaults(fn=cmd_groupcam)
+    s = sub.add_parser("score-cached")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--whole", required=True)
+    s.add_argument("--crops", required=True)
+    s.add_argument("--cls", type=int, nargs="+", required=True)
+    s.add_argument("--groups", type=int, default=16)
+    s.add_argument("--scores-out", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_score_cached)
     s = sub.add_parser("load-final")
     s.add_argument("--arch", required=True)
     s.add_argument("--classes", type=int, required=True)

@@ -1,6 +1,21 @@
-//! The map cache (`augment.refresh: K`): the augmentation's map of every training image,
-//! computed every K epochs instead of at every step.
+//! The saliency cache (`augment.refresh: K`): what the augmentation needs of every training
+//! image, computed every K epochs instead of at every step: its map (`augment.cache: maps`, the
+//! map cache below) or its G group scores (`augment.cache: scores`, the score cache).
 //!
+//! The score cache: the refresh pass gives each whole training image, resized to the input
+//! size, the augmentation's own scores ([`GroupCamAugment::scores_for`]: same G, class = the
+//! label, eval mode, no backward, `score_size` and `precision` apply), G f16 per image
+//! (`part-R-of-W.f16`, 32 bytes at G = 16; ImageNet: 41 MB). Each step then weighs its crops'
+//! own group maps with them ([`GroupCamAugment::augment_with_scores`]): the spatial detail a
+//! small crop needs is in its own maps, which one forward of the features gives; the scores only
+//! say which channel groups matter for the class, and they are what costs G + 1 forwards.
+//! The rest (parts per rank, the description, rebuilds and their reasons, the space check,
+//! Ctrl-C) is the map cache's, below; `cache.json`'s `holds` says which of the two a cache is.
+//!
+//! [`GroupCamAugment::scores_for`]: crate::augment::GroupCamAugment::scores_for
+//! [`GroupCamAugment::augment_with_scores`]: crate::augment::GroupCamAugment::augment_with_scores
+//!
+//! The map cache:
 //! A refresh pass ([`refresh`]) runs the augmentation's own map step (same G, class = the
 //! label, eval mode, no backward) on each whole training image resized to the input size,
 //! averages the map down to `side` x `side` (`augment.cache_size`) and stores it as bytes,
@@ -25,11 +40,12 @@ pub mod store;
 
 use serde::{Deserialize, Serialize};
 
+use crate::augment::{CacheOf, Precision};
 use crate::data::ImageFolder;
 
 pub use cut::{cut_mask, mask_tensor};
-pub use refresh::{RefreshStats, Stopped, to_cache, write_part};
-pub use store::{Rebuild, SaliencyCache, bytes_needed, check_space, clear, free_bytes, publish};
+pub use refresh::{RefreshStats, Stopped, to_cache, to_score_rows, write_part};
+pub use store::{Rebuild, SaliencyCache, bytes_needed, check_space, clear, free_bytes, publish, score_bytes_needed};
 
 /// What a cache holds and what it was computed with: equal to the run's wish, or rebuilt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,6 +62,23 @@ pub struct CacheMeta {
     pub fingerprint: String,
     /// The 0-based epoch before which the maps were computed: the weights they come from.
     pub epoch: usize,
+    /// What each row is: a map of `side` x `side` bytes, or G f16 group scores of the whole
+    /// image resized to `side` (= `input_size`) squared. Maps in caches from before the key.
+    #[serde(default)]
+    pub holds: CacheOf,
+    /// The scores' precision (a score cache's; maps leave it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
+}
+
+impl CacheMeta {
+    /// Bytes per sample in a part file.
+    pub fn row_bytes(&self) -> u64 {
+        match self.holds {
+            CacheOf::Maps => self.side as u64 * self.side as u64,
+            CacheOf::Scores => 2 * self.groups.max(0) as u64,
+        }
+    }
 }
 
 pub const VERSION: u32 = 1;

@@ -1,5 +1,6 @@
-//! The refresh pass: this rank's maps of its shard of the whole training images, with the
-//! augmentation's own map step, written as one part file or not at all.
+//! The refresh pass: this rank's maps (or group scores) of its shard of the whole training
+//! images, with the augmentation's own map (or scoring) step, written as one part file or not
+//! at all.
 
 use std::io::Write;
 use std::path::Path;
@@ -9,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::store::part_name;
 use super::{CacheMeta, shard};
-use crate::augment::GroupCamAugment;
+use crate::augment::{CacheOf, GroupCamAugment};
 use crate::data::Loader;
 use crate::models::CamModel;
 
@@ -30,10 +31,12 @@ pub struct Stopped {
     pub of: usize,
 }
 
-/// Computes this rank's part of the cache into `dir`: the maps of its shard of `loader`'s
-/// samples (whose transform is [`crate::data::Transform::Whole`]) with `aug`'s map step, in
-/// batches of `loader.batch_size`, written atomically. An unreadable image gets a zero map (its
-/// training reads will skip it anyway). `stop` is asked before each batch; when it says yes the
+/// Computes this rank's part of the cache into `dir`: the maps (or, for a score cache, the
+/// group scores) of its shard of `loader`'s samples (whose transform is
+/// [`crate::data::Transform::Whole`]) with `aug`'s map step (or its scoring), in batches of
+/// `loader.batch_size`, written atomically. An unreadable image gets a zero row (its training
+/// reads will skip it anyway); `constant` counts maps that came out constant, or images whose
+/// every group score is 0 (the step passes them through). `stop` is asked before each batch; when it says yes the
 /// pass ends with [`Stopped`] and leaves no part file.
 #[allow(clippy::too_many_arguments)]
 pub fn write_part(
@@ -49,10 +52,10 @@ pub fn write_part(
     let start = std::time::Instant::now();
     let mine = shard(loader.data.len(), rank, meta.world);
     let batches: Vec<Vec<usize>> = mine.chunks(loader.batch_size.max(1)).map(|c| c.to_vec()).collect();
-    let row = (meta.side * meta.side) as usize;
+    let row = meta.row_bytes() as usize;
     let mut stats = RefreshStats::default();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join(part_name(rank, meta.world));
+    let path = dir.join(part_name(rank, meta.world, meta.holds));
     crate::atomic::write_with(&path, |tmp| {
         let mut out = std::io::BufWriter::with_capacity(1 << 22, std::fs::File::create(tmp)?);
         for (idx, batch) in batches.iter().zip(loader.epoch_of(0, batches.clone(), 0)) {
@@ -64,10 +67,19 @@ pub fn write_part(
                 Vec::new()
             } else {
                 let x = batch.images(device);
-                let (maps, constant) = aug.maps_for(model, &x, &batch.labels)?;
-                let bytes = to_cache(&maps, meta.side);
+                let (bytes, constant) = match meta.holds {
+                    CacheOf::Maps => {
+                        let (maps, constant) = aug.maps_for(model, &x, &batch.labels)?;
+                        (to_cache(&maps, meta.side), constant)
+                    }
+                    CacheOf::Scores => {
+                        let scores = to_score_rows(&aug.scores_for(model, &x, &batch.labels)?, meta.groups);
+                        let none = scores.to_kind(Kind::Float).abs().amax(1, false).le(0.0);
+                        (scores, Vec::<bool>::try_from(none)?)
+                    }
+                };
                 let mut rows = vec![0u8; constant.len() * row];
-                let len = rows.len();
+                let len = bytes.numel();
                 bytes.copy_data_u8(&mut rows, len);
                 for (j, &c) in constant.iter().enumerate() {
                     if c {
@@ -103,4 +115,17 @@ pub fn write_part(
 pub fn to_cache(maps: &Tensor, side: u32) -> Tensor {
     let small = maps.adaptive_avg_pool2d([side as i64, side as i64]);
     (small * 255.0).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).to_device(Device::Cpu)
+}
+
+/// Group scores (m x g floats, g <= `groups`) as the score cache stores them: f16 on the CPU,
+/// padded with zero scores to `groups` columns (torch.chunk can make fewer groups than G; a zero
+/// score weighs nothing).
+pub fn to_score_rows(scores: &Tensor, groups: i64) -> Tensor {
+    let (m, g) = (scores.size()[0], scores.size()[1]);
+    let padded = if g < groups {
+        Tensor::cat(&[scores.shallow_clone(), scores.zeros_like().narrow(1, 0, 1).expand([m, groups - g], false)], 1)
+    } else {
+        scores.shallow_clone()
+    };
+    padded.to_kind(Kind::Half).to_device(Device::Cpu).contiguous()
 }

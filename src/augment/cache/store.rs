@@ -5,10 +5,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use super::{CacheMeta, shard};
+use tch::{Kind, Tensor};
 
-pub(super) fn part_name(rank: usize, world: usize) -> String {
-    format!("part-{rank}-of-{world}.u8")
+use super::{CacheMeta, shard};
+use crate::augment::CacheOf;
+
+pub(super) fn part_name(rank: usize, world: usize, holds: CacheOf) -> String {
+    match holds {
+        CacheOf::Maps => format!("part-{rank}-of-{world}.u8"),
+        CacheOf::Scores => format!("part-{rank}-of-{world}.f16"),
+    }
 }
 
 fn meta_path(dir: &Path) -> PathBuf {
@@ -18,6 +24,11 @@ fn meta_path(dir: &Path) -> PathBuf {
 /// Bytes a cache of `samples` maps of `side` x `side` takes on disk.
 pub fn bytes_needed(samples: usize, side: u32) -> u64 {
     samples as u64 * side as u64 * side as u64
+}
+
+/// Bytes a score cache of `samples` rows of `groups` f16 scores takes on disk.
+pub fn score_bytes_needed(samples: usize, groups: i64) -> u64 {
+    samples as u64 * 2 * groups.max(0) as u64
 }
 
 /// Why a cache cannot serve the run and is rebuilt (said on the run's log).
@@ -31,7 +42,9 @@ pub enum Rebuild {
     OtherTrainingSet { have_samples: usize, have: String, want_samples: usize, want: String },
     /// The right settings, but weights older than the due refresh epoch (0-based epochs).
     OlderWeights { have_epoch: usize, want_epoch: usize, due: usize },
-    /// Other settings (side, input size, groups, score size, world, version).
+    /// Maps where the run wants scores, or the other way round (`augment.cache`).
+    OtherContent { have: CacheOf, want: CacheOf },
+    /// Other settings (side, input size, groups, score size, world, version, precision).
     Settings { have: Box<CacheMeta>, want: Box<CacheMeta> },
     /// A part file cannot be opened.
     PartMissing { path: PathBuf, error: String },
@@ -58,6 +71,9 @@ impl std::fmt::Display for Rebuild {
                 want_epoch + 1,
                 due + 1
             ),
+            Rebuild::OtherContent { have, want } => {
+                write!(f, "it holds {have}, and the run caches {want} (augment.cache: {want})")
+            }
             Rebuild::Settings { have, want } => write!(f, "its settings differ ({have:?} against {want:?})"),
             Rebuild::PartMissing { path, error } => write!(f, "{}: {error}", path.display()),
             Rebuild::PartSize { path, len, expected } => {
@@ -68,7 +84,8 @@ impl std::fmt::Display for Rebuild {
     }
 }
 
-/// The cached maps, memory-mapped, and the apply probability of the masks cut from them.
+/// The cached maps or scores, memory-mapped, and the apply probability of the masks cut from
+/// cached maps.
 pub struct SaliencyCache {
     parts: Vec<memmap2::Mmap>,
     meta: CacheMeta,
@@ -103,9 +120,9 @@ impl SaliencyCache {
         }
         let mut parts = Vec::new();
         for r in 0..want.world {
-            let path = dir.join(part_name(r, want.world));
+            let path = dir.join(part_name(r, want.world, want.holds));
             let rows = shard(want.samples, r, want.world).len() as u64;
-            let expected = rows * want.side as u64 * want.side as u64;
+            let expected = rows * want.row_bytes();
             let file = match std::fs::File::open(&path) {
                 Ok(f) => f,
                 Err(e) => return Ok(Err(Rebuild::PartMissing { path, error: e.to_string() })),
@@ -128,10 +145,31 @@ impl SaliencyCache {
 
     /// Sample `i`'s map: side x side bytes, row-major.
     pub fn map(&self, i: usize) -> &[u8] {
+        self.row(i)
+    }
+
+    /// Sample `i`'s row as stored.
+    fn row(&self, i: usize) -> &[u8] {
         let w = self.meta.world;
-        let n = (self.meta.side * self.meta.side) as usize;
+        let n = self.meta.row_bytes() as usize;
         let row = i / w;
         &self.parts[i % w][row * n..(row + 1) * n]
+    }
+
+    /// The cached scores of `samples` (a score cache): n x G floats on the CPU.
+    pub fn scores(&self, samples: &[usize]) -> Result<Tensor> {
+        if self.meta.holds != CacheOf::Scores {
+            bail!("the saliency cache holds {}, not group scores", self.meta.holds);
+        }
+        let mut bytes = Vec::with_capacity(samples.len() * self.meta.row_bytes() as usize);
+        for &i in samples {
+            if i >= self.meta.samples {
+                bail!("sample {i} is not in the score cache of {} samples", self.meta.samples);
+            }
+            bytes.extend_from_slice(self.row(i));
+        }
+        let t = Tensor::from_data_size(&bytes, &[samples.len() as i64, self.meta.groups], Kind::Half);
+        Ok(t.to_kind(Kind::Float))
     }
 }
 
@@ -146,6 +184,9 @@ fn stale_reason(have: &CacheMeta, want: &CacheMeta, due: usize) -> Rebuild {
     }
     if (CacheMeta { epoch: 0, ..have.clone() }) == (CacheMeta { epoch: 0, ..want.clone() }) {
         return Rebuild::OlderWeights { have_epoch: have.epoch, want_epoch: want.epoch, due };
+    }
+    if have.holds != want.holds {
+        return Rebuild::OtherContent { have: have.holds, want: want.holds };
     }
     Rebuild::Settings { have: Box::new(have.clone()), want: Box::new(want.clone()) }
 }
@@ -199,7 +240,7 @@ pub fn clear(dir: &Path) -> Result<()> {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("part-") && name.ends_with(".u8") {
+            if name.starts_with("part-") && (name.ends_with(".u8") || name.ends_with(".f16")) {
                 std::fs::remove_file(e.path()).with_context(|| format!("cannot remove {}", e.path().display()))?;
             }
         }
