@@ -33,11 +33,13 @@
 
 pub mod cache;
 pub mod config;
+pub mod cutmix;
 mod mask;
 mod mode;
 pub mod preview;
 
-pub use config::{AugmentConfig, Refresh};
+pub use config::{AugmentConfig, Method, Refresh};
+pub use cutmix::CutMix;
 pub use mask::{Threshold, binarize, compose};
 pub use mode::{Applied, Augmentation};
 

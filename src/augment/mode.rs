@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use tch::Tensor;
 
-use super::{AugmentConfig, GroupCamAugment, compose};
+use super::{AugmentConfig, CutMix, GroupCamAugment, Method, compose};
 use crate::data::Batch;
 use crate::models::CamModel;
 use crate::ops::Blur;
@@ -19,6 +19,8 @@ pub enum Augmentation {
     /// Masks the loader cut from the map cache (`augment.refresh: K`); the augmenter makes the
     /// cache's maps every `every` fine-tuning epochs.
     Cached { aug: GroupCamAugment, every: usize },
+    /// CutMix on every batch (`augment.method: cutmix`): the step trains on soft targets.
+    CutMix(CutMix),
 }
 
 /// A batch as the step trains on it.
@@ -26,14 +28,17 @@ pub struct Applied {
     pub images: Tensor,
     /// Images whose pixels the augmentation changed.
     pub augmented: usize,
+    /// Soft targets (B x classes) when the labels were mixed; the batch's labels otherwise.
+    pub targets: Option<Tensor>,
 }
 
 impl Augmentation {
     pub fn from_config(a: &AugmentConfig) -> Augmentation {
-        match (a.enabled, a.refresh.every()) {
-            (false, _) => Augmentation::Off,
-            (true, None) => Augmentation::PerBatch(a.augmenter()),
-            (true, Some(every)) => Augmentation::Cached { aug: a.augmenter(), every },
+        match (a.enabled, a.method, a.refresh.every()) {
+            (false, ..) => Augmentation::Off,
+            (true, Method::CutMix, _) => Augmentation::CutMix(a.cutmix()),
+            (true, Method::GroupCam, None) => Augmentation::PerBatch(a.augmenter()),
+            (true, Method::GroupCam, Some(every)) => Augmentation::Cached { aug: a.augmenter(), every },
         }
     }
 
@@ -50,17 +55,21 @@ impl Augmentation {
     /// in the cached mode, the masks its loader cut.
     pub fn apply(&self, model: &dyn CamModel, images: Tensor, batch: &Batch) -> Result<Applied> {
         match self {
-            Augmentation::Off => Ok(Applied { images, augmented: 0 }),
+            Augmentation::Off => Ok(Applied { images, augmented: 0, targets: None }),
             Augmentation::PerBatch(aug) => {
                 let a = aug.augment(model, &images, &batch.labels)?;
-                Ok(Applied { augmented: a.stats.augmented(), images: a.images })
+                Ok(Applied { augmented: a.stats.augmented(), images: a.images, targets: None })
+            }
+            Augmentation::CutMix(c) => {
+                let m = c.apply(&images, &batch.labels, model.num_classes())?;
+                Ok(Applied { images: m.images, augmented: m.augmented, targets: m.targets })
             }
             Augmentation::Cached { .. } => {
                 let masks = batch
                     .masks_on(images.device())
                     .context("a batch of a cached-maps run came without its masks (the loader has no map cache)")?;
                 let images = tch::no_grad(|| -> Result<Tensor> { Ok(compose(&images, &Blur::GROUP_CAM.apply(&images)?, &masks)) })?;
-                Ok(Applied { images, augmented: batch.masked })
+                Ok(Applied { images, augmented: batch.masked, targets: None })
             }
         }
     }
