@@ -25,7 +25,7 @@ pub struct Panel {
     pub lines: Vec<Vec<f64>>,
     /// The y values at the bottom and top of the chart.
     pub y_range: (f64, f64),
-    /// Optional (low, high) bands, the j-th shaded in a light `COLORS[j]` under line j.
+    /// Optional (low, high) bands, the j-th shaded half-way to `COLORS[j]` under line j.
     pub bands: Vec<(Vec<f64>, Vec<f64>)>,
 }
 
@@ -54,7 +54,7 @@ pub fn chart(panels: &[Panel], legend: &[String]) -> RgbImage {
         text(&mut img, ox - 36, oy + ph - 6, &short(lo), BLACK, 2);
         text(&mut img, ox - 36, oy - 4, &short(hi), BLACK, 2);
         for (j, (low, high)) in panel.bands.iter().enumerate() {
-            let c = COLORS[j % COLORS.len()].map(|v| (v as u16 + 3 * 255).div_euclid(4) as u8);
+            let c = COLORS[j % COLORS.len()];
             let n = low.len().min(high.len());
             for px in 0..=pw {
                 // The band's interval at this column, interpolated between its epochs.
@@ -64,8 +64,13 @@ pub fn chart(panels: &[Panel], legend: &[String]) -> RgbImage {
                 if n < 2 || !(at(low).is_finite() && at(high).is_finite()) {
                     continue;
                 }
-                let x = (ox + px) as f64;
-                line(&mut img, (x, to(0.0, fy(at(low))).1), (x, to(0.0, fy(at(high))).1), c);
+                let (top, bottom) = (to(0.0, fy(at(high))).1.round() as i64, to(0.0, fy(at(low))).1.round() as i64);
+                // Half-way to the band's colour, so that overlapping bands show through each other.
+                for y in top..=bottom {
+                    if let Some(p) = img.get_pixel_mut_checked((ox + px) as u32, y as u32) {
+                        p.0 = [0, 1, 2].map(|k| ((p.0[k] as u16 + c[k] as u16) / 2) as u8);
+                    }
+                }
             }
         }
         for (j, values) in panel.lines.iter().enumerate() {
@@ -231,8 +236,8 @@ mod tests {
         let band = (vec![0.2, 0.4], vec![0.6, 0.8]);
         let panels = [Panel { title: "t".into(), lines: vec![vec![0.4, 0.6]], y_range: (0.0, 1.0), bands: vec![band] }];
         let img = chart(&panels, &["a".into()]);
-        let light = COLORS[0].map(|v| ((v as u16 + 3 * 255) / 4) as u8);
-        // 400 columns of 0.4 of the 300-pixel height: about 48,000 pixels less the line's.
+        let light = COLORS[0].map(|v| ((v as u16 + 255) / 2) as u8);
+        // 401 columns of 0.4 of the 300-pixel height: about 48,000 pixels less the line's and the grid's.
         let n = img.pixels().filter(|p| p.0 == light).count();
         assert!((40_000..50_000).contains(&n), "{n} shaded pixels");
     }

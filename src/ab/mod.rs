@@ -74,7 +74,35 @@ fn check_seeds(seeds: &[u64]) -> Result<()> {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Arm {
     pub name: String,
+    /// What the arm does, in words (for the table).
+    pub setting: String,
+    /// Its overrides of the base config, one per key (a later one replaces an earlier one).
     pub sets: Vec<String>,
+}
+
+/// What a built-in arm does, in words.
+fn describe(name: &str, input_size: u32) -> Option<String> {
+    Some(match name {
+        "control" => "augmentation off".into(),
+        "faithful" => "Group-CAM, G = 16, every image, scored at full resolution (the paper)".into(),
+        "fast" => format!("Group-CAM, G = 16, probability 0.5, scored at {} px", input_size / 2),
+        "cached" => "Group-CAM, G = 16, every image, maps of whole images cached, refreshed every epoch".into(),
+        "cutmix" => "CutMix (timm's: alpha 1, every batch, labels mixed by area)".into(),
+        _ => return None,
+    })
+}
+
+/// `sets` with each key once, at its first place, holding its last value.
+fn last_wins(sets: Vec<String>) -> Vec<String> {
+    let key = |s: &String| s.split_once('=').map_or(s.clone(), |(k, _)| k.trim().to_string());
+    let mut out: Vec<String> = Vec::new();
+    for s in sets {
+        match out.iter_mut().find(|o| key(o) == key(&s)) {
+            Some(o) => *o = s,
+            None => out.push(s),
+        }
+    }
+    out
 }
 
 /// A built-in arm's overrides; every augmentation key that matters is set, so that the base
@@ -147,13 +175,19 @@ pub fn parse_arms(specs: &[String], input_size: u32) -> Result<Vec<Arm>> {
         if arms.iter().any(|a| a.name == name) {
             bail!("--arm '{name}' is given twice");
         }
-        arms.push(Arm { name: name.to_string(), sets: base.into_iter().chain(own).collect() });
+        let setting = match describe(name, input_size) {
+            Some(d) if own.is_empty() => d,
+            Some(d) => format!("{d}; {}", own.join(", ")),
+            None => own.join(", "),
+        };
+        arms.push(Arm { name: name.to_string(), setting, sets: last_wins(base.into_iter().chain(own).collect()) });
     }
     if let Some(i) = arms.iter().position(|a| a.name == "control") {
         let c = arms.remove(i);
         arms.insert(0, c);
     } else {
-        arms.insert(0, Arm { name: "control".into(), sets: built_in("control", input_size).expect("built in") });
+        let (setting, sets) = (describe("control", input_size), built_in("control", input_size));
+        arms.insert(0, Arm { name: "control".into(), setting: setting.expect("built in"), sets: sets.expect("built in") });
     }
     Ok(arms)
 }
@@ -286,6 +320,7 @@ pub struct SetResult {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ArmResult {
     pub name: String,
+    pub setting: String,
     pub sets: Vec<String>,
     pub runs: Vec<RunResult>,
     pub augmented_mean: f64,
@@ -435,6 +470,7 @@ fn summarise(
                 by_set,
                 runs,
                 name: arm.name,
+                setting: arm.setting,
                 sets: arm.sets,
             }
         })
@@ -465,7 +501,10 @@ mod tests {
         assert_eq!(arms[2].sets, ["augment.groups=8", "data.scale=[0.5,1.0]"]);
         let fast = parse_arms(&["fast:augment.groups=4".into()], 64).unwrap();
         assert!(fast[1].sets.contains(&"augment.score_size=32".to_string()));
-        assert_eq!(fast[1].sets.last().unwrap(), "augment.groups=4", "the arm's own overrides come last");
+        assert!(fast[1].sets.contains(&"augment.probability=0.5".to_string()));
+        assert!(fast[1].sets.contains(&"augment.groups=4".to_string()), "the arm's own overrides win");
+        assert_eq!(fast[1].sets.iter().filter(|s| s.starts_with("augment.groups=")).count(), 1, "{:?}", fast[1].sets);
+        assert_eq!(fast[1].setting, "Group-CAM, G = 16, probability 0.5, scored at 32 px; augment.groups=4");
         let e = format!("{:#}", parse_arms(&["nosuch".into()], 64).unwrap_err());
         assert!(e.contains("'nosuch'") && e.contains("not a built-in"), "{e}");
         let e = format!("{:#}", parse_arms(&["x:train.seed=3".into()], 64).unwrap_err());

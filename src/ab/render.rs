@@ -51,7 +51,7 @@ pub fn markdown(r: &AbResult) -> String {
         seeds.join(", "),
         r.val_sets.join(", ")
     );
-    let mut head = "| arm | overrides | augmented | wall s per run | / control |".to_string();
+    let mut head = "| arm | setting | augmented | wall s per run | / control |".to_string();
     let mut rule = "|---|---|---|---|---|".to_string();
     for set in &r.val_sets {
         let _ = write!(head, " {set} top-1 % (mean +- std) | {set} minus control, pt (mean [95% t-interval]) |");
@@ -59,12 +59,11 @@ pub fn markdown(r: &AbResult) -> String {
     }
     let _ = writeln!(s, "{head}\n{rule}");
     for arm in &r.arms {
-        let sets = if arm.name == "control" { "augment.enabled=false".to_string() } else { arm.sets.join(", ") };
         let _ = write!(
             s,
             "| {} | {} | {:.0}% | {:.1} | {:.2} |",
             arm.name,
-            sets.replace('|', "\\|"),
+            arm.setting.replace('|', "\\|"),
             100.0 * arm.augmented_mean,
             arm.wall_s_mean,
             arm.wall_ratio
@@ -129,6 +128,6 @@ fn curves(r: &AbResult, set: &str) -> image::RgbImage {
     let all = bands.iter().flat_map(|(lo, hi)| lo.iter().chain(hi));
     let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
     let (lo, hi) = if lo.is_finite() { ((lo / 5.0).floor() * 5.0, ((hi / 5.0).ceil() * 5.0).max(lo + 5.0)) } else { (0.0, 100.0) };
-    let panel = plot::Panel { title: format!("{set} top-1 % per epoch"), lines, y_range: (lo, hi), bands };
+    let panel = plot::Panel { title: format!("{set} top-1 in percent per epoch"), lines, y_range: (lo, hi), bands };
     plot::chart(&[panel], &r.arms.iter().map(|a| a.name.clone()).collect::<Vec<_>>())
 }
