@@ -1,6 +1,7 @@
 //! Group-CAM on libtorch: the explainer of the paper, its baselines and metrics, and a
 //! backprop-free training-time augmentation built on the same core.
 
+pub mod ab;
 pub mod atomic;
 pub mod augment;
 pub mod autocast;

@@ -25,6 +25,8 @@ pub struct Panel {
     pub lines: Vec<Vec<f64>>,
     /// The y values at the bottom and top of the chart.
     pub y_range: (f64, f64),
+    /// Optional (low, high) bands, the j-th shaded half-way to `COLORS[j]` under line j.
+    pub bands: Vec<(Vec<f64>, Vec<f64>)>,
 }
 
 /// Panels side by side with one legend below them (entry j names line j of every panel).
@@ -51,6 +53,26 @@ pub fn chart(panels: &[Panel], legend: &[String]) -> RgbImage {
         text(&mut img, ox + pw / 2 - 6 * panel.title.len() as i64, 12, &panel.title, BLACK, 3);
         text(&mut img, ox - 36, oy + ph - 6, &short(lo), BLACK, 2);
         text(&mut img, ox - 36, oy - 4, &short(hi), BLACK, 2);
+        for (j, (low, high)) in panel.bands.iter().enumerate() {
+            let c = COLORS[j % COLORS.len()];
+            let n = low.len().min(high.len());
+            for px in 0..=pw {
+                // The band's interval at this column, interpolated between its epochs.
+                let f = px as f64 / pw as f64 * (n.max(2) - 1) as f64;
+                let (i, t) = ((f.floor() as usize).min(n.saturating_sub(1)), f.fract());
+                let at = |v: &[f64]| if i + 1 < n { v[i] * (1.0 - t) + v[i + 1] * t } else { v[i] };
+                if n < 2 || !(at(low).is_finite() && at(high).is_finite()) {
+                    continue;
+                }
+                let (top, bottom) = (to(0.0, fy(at(high))).1.round() as i64, to(0.0, fy(at(low))).1.round() as i64);
+                // Half-way to the band's colour, so that overlapping bands show through each other.
+                for y in top..=bottom {
+                    if let Some(p) = img.get_pixel_mut_checked((ox + px) as u32, y as u32) {
+                        p.0 = [0, 1, 2].map(|k| ((p.0[k] as u16 + c[k] as u16) / 2) as u8);
+                    }
+                }
+            }
+        }
         for (j, values) in panel.lines.iter().enumerate() {
             let n = values.len().max(2) - 1;
             // A NaN (an undefined value) leaves a gap.
@@ -201,11 +223,22 @@ mod tests {
 
     #[test]
     fn chart_draws_each_line_in_its_color() {
-        let panels = [Panel { title: "t".into(), lines: vec![vec![0.0, 1.0], vec![1.0, 0.0]], y_range: (0.0, 1.0) }];
+        let panels = [Panel { title: "t".into(), lines: vec![vec![0.0, 1.0], vec![1.0, 0.0]], y_range: (0.0, 1.0), bands: vec![] }];
         let img = chart(&panels, &["a".into(), "b".into()]);
         for c in &COLORS[..2] {
             assert!(img.pixels().filter(|p| p.0 == *c).count() > 400, "color {c:?} missing");
         }
         assert_eq!(img.pixels().filter(|p| p.0 == COLORS[2]).count(), 0);
+    }
+
+    #[test]
+    fn a_band_is_shaded_between_its_bounds_in_its_lines_light_color() {
+        let band = (vec![0.2, 0.4], vec![0.6, 0.8]);
+        let panels = [Panel { title: "t".into(), lines: vec![vec![0.4, 0.6]], y_range: (0.0, 1.0), bands: vec![band] }];
+        let img = chart(&panels, &["a".into()]);
+        let light = COLORS[0].map(|v| ((v as u16 + 255) / 2) as u8);
+        // 401 columns of 0.4 of the 300-pixel height: about 48,000 pixels less the line's and the grid's.
+        let n = img.pixels().filter(|p| p.0 == light).count();
+        assert!((40_000..50_000).contains(&n), "{n} shaded pixels");
     }
 }

@@ -262,3 +262,165 @@ fn paired_difference_interval_is_students_t() {
     assert!((v[1][0].as_f64().unwrap() - (m - h)).abs() < 1e-12, "{v}");
     assert!((v[1][1].as_f64().unwrap() - (m + h)).abs() < 1e-12, "{v}");
 }
+
+// ---- `groupcam ab` (issue 22): the A/B as a command of the product ----
+
+/// A tiny base config: ResNet-18 at 48 px on the synthetic shapes (12 training and 12
+/// validation images), one epoch of 2 steps, from a seeded random start saved in torchvision's
+/// names; `val` again as the extra validation set `again`.
+fn ab_base(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use groupcam::synth::{self, SynthConfig};
+    let data = dir.join("data");
+    synth::write(&data, &SynthConfig { size: 48, train_per_class: 2, val_per_class: 2, seed: 1 }).unwrap();
+    tch::manual_seed(0);
+    let m = groupcam::models::Model::new(groupcam::models::Arch::Resnet18, 6, tch::Device::Cpu);
+    let weights = dir.join("start.safetensors");
+    groupcam::models::weights::save_torchvision(&m.vs, &weights, 0).unwrap();
+    let cfg = dir.join("base.yaml");
+    let text = format!(
+        "arch: resnet18\nweights: {}\n\
+         data: {{root: {}, input_size: 48, workers: 1, prefetch: 2, extra_val: {{again: val}}}}\n\
+         train: {{epochs: 1, batch_size: 6, lr: 0.01, lr_step: 1, device: cpu, threads: 1, tensorboard: 'off'}}\n\
+         augment: {{enabled: false}}\nsaliency: {{probe: 0}}\nout: {}\n",
+        s(&weights),
+        s(&data),
+        s(&dir.join("unused"))
+    );
+    std::fs::write(&cfg, text).unwrap();
+    (cfg, weights)
+}
+
+fn groupcam_ab(cfg: &Path, work: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_groupcam"))
+        .args(["ab", "--config", s(cfg), "--work", s(work)])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// 2 arms x 2 seeds, 1 epoch: ab.json's per-seed top-1 is each run's own history, the paired
+/// differences and t-intervals are recomputed here from them, every validation set has its
+/// columns and curves, each run starts from the shared weights with its seed; a second call
+/// trains nothing, and one more arm trains only that arm.
+#[test]
+fn groupcam_ab_pairs_arms_by_seed_and_reuses_finished_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, weights) = ab_base(tmp.path());
+    let work = tmp.path().join("work");
+    let arms = ["--seeds", "0,1", "--arm", "control", "--arm", "cutmix"];
+    let out = groupcam_ab(&cfg, &work, &arms);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.matches(": training ").count(), 4, "{stdout}");
+
+    let r = json(&work.join("ab.json"));
+    assert_eq!(r["val_sets"], serde_json::json!(["val", "again"]));
+    let arms_json = r["arms"].as_array().unwrap();
+    assert_eq!(arms_json.iter().map(|a| a["name"].as_str().unwrap()).collect::<Vec<_>>(), ["control", "cutmix"]);
+    let top1 = |arm: &Value, set: &str| -> Vec<f64> { arm["runs"].as_array().unwrap().iter().map(|x| f(&x["last"][set]["top1"])).collect() };
+    for arm in arms_json {
+        let runs = arm["runs"].as_array().unwrap();
+        assert_eq!(runs.iter().map(|x| x["seed"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1]);
+        for run in runs {
+            let dir = Path::new(run["run"].as_str().unwrap());
+            assert_eq!(dir, work.join(format!("runs/{}-s{}", arm["name"].as_str().unwrap(), run["seed"])));
+            let last = json(&dir.join("history.json")).as_array().unwrap().last().unwrap().clone();
+            assert_eq!(run["last"]["val"]["top1"], last["val_top1"]);
+            assert_eq!(run["last"]["val"]["images"], 12);
+            assert_eq!(run["last"]["again"]["top1"], last["extra_val"]["again"]["top1"]);
+            let written: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("config.yaml")).unwrap()).unwrap();
+            assert_eq!(written["train"]["seed"].as_u64(), run["seed"].as_u64());
+            assert_eq!(written["weights"].as_str(), Some(s(&weights)));
+        }
+        for (k, set) in ["val", "again"].into_iter().enumerate() {
+            let by = &arm["by_set"][k];
+            assert_eq!(by["set"], set);
+            let v = top1(arm, set);
+            let m = (v[0] + v[1]) / 2.0;
+            assert!((f(&by["top1_mean"]) - m).abs() < 1e-12);
+            assert!((f(&by["top1_std"]) - (v[0] - v[1]).abs() / 2f64.sqrt()).abs() < 1e-12);
+            if arm["name"] == "control" {
+                assert!(by["diff"].is_null());
+                continue;
+            }
+            let c = top1(&arms_json[0], set);
+            let d = [v[0] - c[0], v[1] - c[1]];
+            let diff = &by["diff"];
+            for i in 0..2 {
+                assert!((f(&diff["per_seed"][i]) - d[i]).abs() < 1e-12, "{diff}");
+            }
+            let dm = (d[0] + d[1]) / 2.0;
+            let h = 12.706 * ((d[0] - d[1]).abs() / 2f64.sqrt()) / 2f64.sqrt();
+            assert!((f(&diff["mean"]) - dm).abs() < 1e-12);
+            assert!((f(&diff["ci95"][0]) - (dm - h)).abs() < 1e-12 && (f(&diff["ci95"][1]) - (dm + h)).abs() < 1e-12, "{diff}");
+        }
+    }
+    let (control, cutmix) = (&arms_json[0], &arms_json[1]);
+    assert_eq!(f(&control["augmented_mean"]), 0.0);
+    assert!(f(&cutmix["augmented_mean"]) > 0.5, "cutmix mixed {}", cutmix["augmented_mean"]);
+    assert!((f(&cutmix["wall_ratio"]) - f(&cutmix["wall_s_mean"]) / f(&control["wall_s_mean"])).abs() < 1e-12);
+
+    let table = std::fs::read_to_string(work.join("ab.md")).unwrap();
+    for cell in ["| cutmix |", "again top-1 % (mean +- std)", "val minus control, pt", "| 0 |", "| 1 |", "again: cutmix - control"] {
+        assert!(table.contains(cell), "no '{cell}' in\n{table}");
+    }
+    for set in ["val", "again"] {
+        let png = image::open(work.join(format!("curves-{set}.png"))).unwrap();
+        assert!(png.width() > 100);
+    }
+    let report = std::fs::read_to_string(work.join("reports/cutmix-s1.md")).unwrap();
+    assert!(report.contains("## control") && report.contains("final again top-1"), "{report}");
+
+    // Again: every run is reused, nothing is written into the runs.
+    let mtimes = || -> Vec<std::time::SystemTime> {
+        ["control-s0", "control-s1", "cutmix-s0", "cutmix-s1"]
+            .iter()
+            .map(|r| std::fs::metadata(work.join("runs").join(r).join("final.safetensors")).unwrap().modified().unwrap())
+            .collect()
+    };
+    let before = mtimes();
+    let again = groupcam_ab(&cfg, &work, &arms);
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!((stdout.matches(": reusing ").count(), stdout.matches(": training ").count()), (4, 0), "{stdout}");
+    assert_eq!(mtimes(), before);
+    assert_eq!(json(&work.join("ab.json"))["arms"][1]["by_set"], cutmix["by_set"]);
+
+    // One more arm: only its two runs train.
+    let more = groupcam_ab(&cfg, &work, &[&arms[..], &["--arm", "slower:train.lr=0.005"]].concat());
+    let stdout = String::from_utf8_lossy(&more.stdout);
+    assert!(more.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&more.stderr));
+    assert_eq!((stdout.matches(": reusing ").count(), stdout.matches(": training ").count()), (4, 2), "{stdout}");
+    assert!(stdout.contains("slower-s0: training") && stdout.contains("slower-s1: training"), "{stdout}");
+    assert_eq!(mtimes(), before);
+}
+
+/// Bad arms and seeds are refused, named, before anything is written.
+#[test]
+fn groupcam_ab_refuses_bad_arms_and_seeds_before_any_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, _) = ab_base(tmp.path());
+    let work = tmp.path().join("work");
+    for (args, want) in [
+        (&["--arm", "bad:augment.groupz=3"][..], &["arm 'bad'", "augment.groupz", "unknown field"][..]),
+        (&["--arm", "longer:train.epochs=2"], &["arm 'longer'", "schedule differs"]),
+        (&["--arm", "steps:train.lr_step=2"], &["arm 'steps'", "schedule differs"]),
+        (&["--arm", "nosuch"], &["'nosuch'", "not a built-in"]),
+        (&["--arm", "x:train.seed=4"], &["train.seed", "set by the A/B"]),
+        (&["--seeds", ""], &["no seeds"]),
+        (&["--seeds", "0,1,0"], &["seed 0 is given twice"]),
+        (&["--set", "weights=null"], &["'weights' is missing"]),
+    ] {
+        let out = groupcam_ab(&cfg, &work, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        for w in want {
+            assert!(err.contains(w), "{args:?}: no '{w}' in: {err}");
+        }
+        assert!(!work.exists(), "{args:?}: the work directory was created");
+    }
+}

@@ -113,20 +113,24 @@ fn the_loader_converts_modes_skips_bad_files_and_is_seeded() {
     assert_ne!(loader.batches(0), loader.batches(1));
 }
 
-/// A run killed with SIGKILL after its first checkpoint and resumed ends with the same
-/// weights, bit for bit, as the same run uninterrupted.
-#[test]
-fn kill_9_and_resume_gives_the_same_weights_bit_for_bit() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = tiny_data(dir.path(), 2);
-    let straight = tiny_config(dir.path(), &data, "straight");
-    let out = finetune(&["--config", s(&straight)]);
+/// Runs `tiny_config` with `sets` straight through, and again killed with SIGKILL after its
+/// first checkpoint and resumed; asserts that both end with the same weights, bit for bit.
+/// Returns the straight run's directory.
+fn check_kill_9_and_resume(dir: &Path, sets: &[&str]) -> PathBuf {
+    let data = tiny_data(dir, 2);
+    let with_sets = |args: &[&str]| -> Vec<String> {
+        args.iter().copied().chain(sets.iter().flat_map(|s| ["--set", *s])).map(String::from).collect()
+    };
+    let straight = tiny_config(dir, &data, "straight");
+    let args = with_sets(&["--config", s(&straight)]);
+    let out = finetune(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let broken = tiny_config(dir.path(), &data, "broken");
-    let run = dir.path().join("broken");
+    let broken = tiny_config(dir, &data, "broken");
+    let run = dir.join("broken");
     let mut child = Command::new(env!("CARGO_BIN_EXE_groupcam"))
-        .args(["finetune", "--quiet", "--config", s(&broken)])
+        .args(["finetune", "--quiet"])
+        .args(with_sets(&["--config", s(&broken)]))
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -141,16 +145,26 @@ fn kill_9_and_resume_gives_the_same_weights_bit_for_bit() {
     child.wait().unwrap();
     assert!(!run.join("final.safetensors").exists(), "killed too late to test anything");
     let ckpt = run.join("checkpoints/last.safetensors");
-    let out = finetune(&["--config", s(&broken), "--resume", s(&ckpt)]);
+    let args = with_sets(&["--config", s(&broken), "--resume", s(&ckpt)]);
+    let out = finetune(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("resumed from"));
 
-    let (a, b) = (sorted_tensors(&dir.path().join("straight/final.safetensors")), sorted_tensors(&run.join("final.safetensors")));
+    let (a, b) = (sorted_tensors(&dir.join("straight/final.safetensors")), sorted_tensors(&run.join("final.safetensors")));
     assert_eq!(a.len(), b.len());
     for ((ka, ta), (kb, tb)) in a.iter().zip(&b) {
         assert_eq!(ka, kb);
         assert!(ta.equal(tb), "tensor {ka} differs after resume");
     }
+    dir.join("straight")
+}
+
+/// A run killed with SIGKILL after its first checkpoint and resumed ends with the same
+/// weights, bit for bit, as the same run uninterrupted.
+#[test]
+fn kill_9_and_resume_gives_the_same_weights_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    check_kill_9_and_resume(dir.path(), &[]);
     // The uninterrupted run changed the weights at all, so the comparison means something.
     let h: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("straight/history.json")).unwrap()).unwrap();
@@ -601,4 +615,125 @@ fn byte_batches_normalise_to_the_former_floats_bit_for_bit() {
         let e = format!("{:#}", loader.make_batch(0, &[0], &mut Default::default()).err().expect("pinning needs CUDA"));
         assert!(e.contains("page-locked"), "{e}");
     }
+}
+
+fn json_of(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// Issue 22, `data.extra_val`: each set is validated every epoch as `val` is and logged in the
+/// history, TensorBoard, the epoch line and the report; a set that is `val` again gives val's
+/// figures exactly. A missing folder or other class folders are refused naming the set and the
+/// path, before anything is written; without extra sets nothing of them is written.
+#[test]
+fn extra_validation_sets_are_evaluated_logged_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_data(dir.path(), 2);
+    let cfg = tiny_config(dir.path(), &data, "extra");
+    let fast = ["--set", "train.epochs=2", "--set", "augment.enabled=false", "--set", "saliency.probe=0"];
+    let out = finetune(&[&["--config", s(&cfg), "--set", "data.extra_val={same: val, seen: train}"][..], &fast[..]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let run = dir.path().join("extra");
+    let h = json_of(&run.join("history.json"));
+    assert_eq!(h.as_array().unwrap().len(), 2);
+    for r in h.as_array().unwrap() {
+        let same = &r["extra_val"]["same"];
+        assert_eq!((&same["top1"], &same["top5"], &same["images"]), (&r["val_top1"], &r["val_top5"], &r["val_images"]), "{r}");
+        assert_eq!(r["extra_val"]["seen"]["images"], 12, "the 12 training images: {r}");
+        assert_eq!(r["extra_val"].as_object().unwrap().len(), 2);
+    }
+    assert_eq!(stdout.matches(" | same top-1 ").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches(" | seen top-1 ").count(), 2, "{stdout}");
+    let tb = std::fs::read_dir(run.join("tb")).unwrap().next().unwrap().unwrap().path();
+    let events = std::fs::read(tb).unwrap();
+    for tag in ["val_same/top1", "val_same/top5", "val_seen/top1", "val/top1"] {
+        assert!(events.windows(tag.len()).any(|w| w == tag.as_bytes()), "tag {tag} not in the event file");
+    }
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("- final same top-1: ") && report.contains("| same top-1 | seen top-1 |"), "{report}");
+    assert!(serde_yaml::to_string(&Config::load(&run.join("config.yaml"), &[]).unwrap()).unwrap().contains("extra_val"));
+
+    // Without extra sets: no key in the written config or a record.
+    let plain = Config::load(&cfg, &[]).unwrap();
+    assert!(!serde_yaml::to_string(&plain).unwrap().contains("extra_val"));
+    assert!(!serde_json::to_string(&groupcam::train::EpochRecord::default()).unwrap().contains("extra_val"));
+
+    let e = format!("{:#}", Config::load(&cfg, &["data.extra_val={gone: /no/such/set}".into()]).unwrap_err());
+    assert!(e.contains("data.extra_val.gone") && e.contains("/no/such/set"), "{e}");
+    // A set with one class folder fewer.
+    let fewer = data.join("fewer");
+    for c in std::fs::read_dir(data.join("val")).unwrap().map(|c| c.unwrap().path()).skip(1) {
+        let to = fewer.join(c.file_name().unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(&c).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let bad = tiny_config(dir.path(), &data, "mismatched");
+    let out = finetune(&[&["--config", s(&bad), "--set", "data.extra_val={fewer: fewer}"][..], &fast[..]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("data.extra_val.fewer") && err.contains(s(&fewer)) && err.contains("differ"), "{err}");
+    assert!(!dir.path().join("mismatched").exists(), "a run directory was made for a refused set");
+}
+
+/// Issue 22, `augment.method: cutmix`: its boxes are drawn from the loop's seeded generator, so
+/// a run killed with SIGKILL and resumed ends bit for bit as the uninterrupted one; the
+/// fine-tuning epochs mix, the pre-training does not; the written config says the method last.
+#[test]
+fn cutmix_runs_resume_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = check_kill_9_and_resume(dir.path(), &["augment.method=cutmix"]);
+    let h = json_of(&run.join("history.json"));
+    assert_eq!(h.as_array().unwrap().len(), 3);
+    assert_eq!(h[0]["augmented_fraction"].as_f64(), Some(0.0), "the pre-training does not mix");
+    for e in [1, 2] {
+        // Batches of 6 pair every image with another: all of them change unless a box is empty.
+        assert!(h[e]["augmented_fraction"].as_f64().unwrap() > 0.4, "{}", h[e]);
+    }
+    let written = std::fs::read_to_string(run.join("config.yaml")).unwrap();
+    let augment = written.split("augment:").nth(1).unwrap();
+    assert!(augment.contains("  cache_size: null\n  method: cutmix\n"), "{written}");
+    let e = format!("{:#}", Config::load(&dir.path().join("straight.yaml"), &["augment.method=cutmix".into(), "augment.refresh=1".into()]).unwrap_err());
+    assert!(e.contains("augment.refresh") && e.contains("cutmix"), "{e}");
+    let e = format!("{:#}", Config::load(&dir.path().join("straight.yaml"), &["augment.method=mixup".into()]).unwrap_err());
+    assert!(e.contains("augment.method") && e.contains("groupcam or cutmix"), "{e}");
+}
+
+/// The step's loss against soft targets is soft-target cross-entropy computed directly (in
+/// f64 from the same logits), and one-hot targets give plain cross-entropy.
+#[test]
+fn the_soft_target_step_is_soft_cross_entropy() {
+    use groupcam::train::{LossScaler, StepResult, Trainer, sgd::Sgd, soft_cross_entropy};
+    tch::manual_seed(5);
+    let m = Model::new(Arch::Resnet18, 4, Device::Cpu);
+    let x = Tensor::randn([4, 3, 32, 32], (tch::Kind::Float, Device::Cpu));
+    let y = Tensor::from_slice(&[0i64, 1, 2, 3]);
+    let one_hot = y.one_hot(4).to_kind(tch::Kind::Float);
+    let soft = &one_hot * 0.7 + one_hot.flip([0]) * 0.3;
+    m.set_training(true);
+    // Train-mode BatchNorm normalises by the batch's own statistics: the step's forward gives these logits.
+    let logits = tch::no_grad(|| m.forward(&x));
+    let (l, t) = (Vec::<Vec<f64>>::try_from(logits.to_kind(tch::Kind::Double)).unwrap(), Vec::<Vec<f64>>::try_from(soft.to_kind(tch::Kind::Double)).unwrap());
+    let direct = l
+        .iter()
+        .zip(&t)
+        .map(|(row, target)| {
+            let max = row.iter().cloned().fold(f64::MIN, f64::max);
+            let log_z = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+            -row.iter().zip(target).map(|(v, p)| p * (v - log_z)).sum::<f64>()
+        })
+        .sum::<f64>()
+        / 4.0;
+    let hard = soft_cross_entropy(&logits, &one_hot).double_value(&[]);
+    assert!((hard - logits.cross_entropy_for_logits(&y).double_value(&[])).abs() < 1e-6);
+    assert!((soft_cross_entropy(&logits, &soft).double_value(&[]) - direct).abs() < 1e-5);
+    let mut trainer = Trainer::new(Sgd::new(&m.vs, 0.9, 0.0), LossScaler::resume(1.0, 0), None);
+    let StepResult::Done { loss, .. } = trainer.step_with(&m, &x, &y, Some(&soft), 0.1).unwrap() else {
+        panic!("the step did not finish")
+    };
+    assert!((loss - direct).abs() < 1e-5, "step loss {loss}, soft-target cross-entropy {direct}");
+    assert!((loss - hard).abs() > 1e-3, "the soft targets made no difference");
 }

@@ -44,6 +44,11 @@ pub struct AugmentConfig {
     /// and write the same config.
     #[serde(default, skip_serializing_if = "CacheOf::is_maps")]
     pub cache: CacheOf,
+    /// `groupcam` (the keys above) or `cutmix` (timm's CutMix, alpha 1, soft targets;
+    /// `probability` is then the chance that a batch is mixed and the other keys are unused).
+    /// Last, so that the keys before it keep their order in a written config.yaml.
+    #[serde(default)]
+    pub method: Method,
 }
 
 /// `augment.cache`: what the saliency cache holds, and so what a step does with it.
@@ -75,6 +80,36 @@ impl std::str::FromStr for CacheOf {
             "maps" => Ok(CacheOf::Maps),
             "scores" => Ok(CacheOf::Scores),
             _ => anyhow::bail!("unknown cache content '{s}' (expected maps or scores)"),
+        }
+    }
+}
+
+/// `augment.method`: which augmentation the fine-tuning batches get.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Method {
+    #[default]
+    GroupCam,
+    CutMix,
+}
+
+impl Method {
+    pub const ALL: [Method; 2] = [Method::GroupCam, Method::CutMix];
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::GroupCam => "groupcam",
+            Method::CutMix => "cutmix",
+        }
+    }
+}
+crate::choice!(Method);
+
+impl std::str::FromStr for Method {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "groupcam" | "group-cam" => Ok(Method::GroupCam),
+            "cutmix" => Ok(Method::CutMix),
+            _ => anyhow::bail!("unknown augmentation method '{s}' (expected groupcam or cutmix)"),
         }
     }
 }
@@ -170,6 +205,11 @@ impl AugmentConfig {
 
     /// The refresh interval when the augmentation is on and its maps are cached.
     pub fn cached_every(&self) -> Option<usize> {
-        self.refresh.every().filter(|_| self.enabled)
+        self.refresh.every().filter(|_| self.enabled && self.method == Method::GroupCam)
+    }
+
+    /// CutMix with these settings (`method: cutmix`).
+    pub fn cutmix(&self) -> super::CutMix {
+        super::CutMix { probability: self.probability, ..Default::default() }
     }
 }

@@ -33,12 +33,14 @@
 
 pub mod cache;
 pub mod config;
+pub mod cutmix;
 mod mask;
 mod mode;
 pub mod preview;
 mod scored;
 
-pub use config::{AugmentConfig, CacheOf, Refresh};
+pub use config::{AugmentConfig, CacheOf, Method, Refresh};
+pub use cutmix::CutMix;
 pub use mask::{Threshold, binarize, compose};
 pub use mode::{Applied, Augmentation};
 pub use scored::ScoreCached;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::cache::SaliencyCache;
 use super::scored::ScoreCached;
-use super::{AugmentConfig, CacheOf, GroupCamAugment, compose};
+use super::{AugmentConfig, CacheOf, CutMix, GroupCamAugment, Method, compose};
 use crate::data::{Batch, Loader};
 use crate::models::CamModel;
 use crate::ops::Blur;
@@ -26,6 +26,8 @@ pub enum Augmentation {
     /// Each crop's own group maps weighed by its whole image's cached scores
     /// (`augment.cache: scores`), refreshed every `every` fine-tuning epochs.
     Scored(ScoreCached),
+    /// CutMix on every batch (`augment.method: cutmix`): the step trains on soft targets.
+    CutMix(CutMix),
 }
 
 /// A batch as the step trains on it.
@@ -33,17 +35,20 @@ pub struct Applied {
     pub images: Tensor,
     /// Images whose pixels the augmentation changed.
     pub augmented: usize,
+    /// Soft targets (B x classes) when the labels were mixed; the batch's labels otherwise.
+    pub targets: Option<Tensor>,
 }
 
 impl Augmentation {
     pub fn from_config(a: &AugmentConfig) -> Augmentation {
-        match (a.enabled, a.refresh.every()) {
-            (false, _) => Augmentation::Off,
-            (true, None) => Augmentation::PerBatch(a.augmenter()),
-            (true, Some(every)) if a.cache == CacheOf::Scores => {
+        match (a.enabled, a.method, a.refresh.every()) {
+            (false, ..) => Augmentation::Off,
+            (true, Method::CutMix, _) => Augmentation::CutMix(a.cutmix()),
+            (true, Method::GroupCam, None) => Augmentation::PerBatch(a.augmenter()),
+            (true, Method::GroupCam, Some(every)) if a.cache == CacheOf::Scores => {
                 Augmentation::Scored(ScoreCached { aug: a.augmenter(), every, cache: None })
             }
-            (true, Some(every)) => Augmentation::Cached { aug: a.augmenter(), every },
+            (true, Method::GroupCam, Some(every)) => Augmentation::Cached { aug: a.augmenter(), every },
         }
     }
 
@@ -70,19 +75,21 @@ impl Augmentation {
     /// in the cached mode, the masks its loader cut.
     pub fn apply(&self, model: &dyn CamModel, images: Tensor, batch: &Batch) -> Result<Applied> {
         match self {
-            Augmentation::Off => Ok(Applied { images, augmented: 0 }),
+            Augmentation::Off => Ok(Applied { images, augmented: 0, targets: None }),
             Augmentation::PerBatch(aug) => {
                 let a = aug.augment(model, &images, &batch.labels)?;
-                Ok(Applied { augmented: a.stats.augmented(), images: a.images })
+                Ok(Applied { augmented: a.stats.augmented(), images: a.images, targets: None })
+            }
+            Augmentation::CutMix(c) => {
+                let m = c.apply(&images, &batch.labels, model.num_classes())?;
+                Ok(Applied { images: m.images, augmented: m.augmented, targets: m.targets })
             }
             Augmentation::Cached { .. } => {
                 let masks = batch
                     .masks_on(images.device())
                     .context("a batch of a cached-maps run came without its masks (the loader has no map cache)")?;
-                let images = tch::no_grad(|| -> Result<Tensor> {
-                    Ok(compose(&images, &Blur::GROUP_CAM.apply(&images)?, &masks))
-                })?;
-                Ok(Applied { images, augmented: batch.masked })
+                let images = tch::no_grad(|| -> Result<Tensor> { Ok(compose(&images, &Blur::GROUP_CAM.apply(&images)?, &masks)) })?;
+                Ok(Applied { images, augmented: batch.masked, targets: None })
             }
             Augmentation::Scored(s) => s.apply(model, images, batch),
         }

@@ -31,6 +31,6 @@ impl ScoreCached {
         // The cache pads to G columns where torch.chunk makes fewer groups.
         let scores = cache.scores(&batch.samples)?.narrow(1, 0, groups);
         let a = self.aug.augment_with_scores(model, &images, Some(&batch.labels), &scores)?;
-        Ok(Applied { augmented: a.stats.augmented(), images: a.images })
+        Ok(Applied { augmented: a.stats.augmented(), images: a.images, targets: None })
     }
 }

@@ -1,6 +1,7 @@
 //! Commands: each file parses its arguments into library types, calls one library function and
 //! prints or writes what it returns.
 
+mod ab;
 mod augment;
 mod bench;
 mod doctor;
@@ -49,6 +50,8 @@ enum Command {
     Synth(finetune::SynthArgs),
     /// Print a run's report, with a control run beside it.
     Report(finetune::ReportArgs),
+    /// A controlled A/B: fine-tuning arms x seeds from one starting point, with paired differences.
+    Ab(ab::AbArgs),
     /// Benchmarks (figures for BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -118,6 +121,7 @@ pub fn run() -> Result<()> {
         Command::Finetune(a) => finetune::finetune(a),
         Command::Synth(a) => finetune::synth(a),
         Command::Report(a) => finetune::report(a),
+        Command::Ab(a) => ab::run(a),
         Command::Bench(b) => bench::run(b, device),
     }
 }

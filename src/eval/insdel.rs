@@ -398,6 +398,7 @@ impl InsdelReport {
                 title: m.name().into(),
                 lines: self.methods.iter().map(|s| s.mean_curves.get(m.name()).cloned().unwrap_or_default()).collect(),
                 y_range: (0.0, 1.0),
+                bands: vec![],
             })
             .collect();
         let legend: Vec<String> = self

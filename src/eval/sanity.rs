@@ -316,7 +316,7 @@ pub fn check(
         }
         per_mode.insert("trained_constant_map".into(), json!(reference.constant));
         report.insert(m.name().into(), Value::Object(per_mode));
-        panels.push(plot::Panel { title: m.name().into(), lines, y_range: (-1.0, 1.0) });
+        panels.push(plot::Panel { title: m.name().into(), lines, y_range: (-1.0, 1.0), bands: vec![] });
     }
     let images: Vec<Value> = files
         .iter()

@@ -1,6 +1,7 @@
 //! One YAML config in; everything the run does is derived from it. Unknown keys and wrong
 //! types are named with their path, and missing paths are caught before any work.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -78,6 +79,10 @@ pub struct DataConfig {
     /// Batches decoded ahead.
     #[serde(default = "default_prefetch")]
     pub prefetch: usize,
+    /// More validation sets, evaluated every epoch beside `val`: NAME: PATH (an ImageFolder of
+    /// the training classes; relative to `root`). Absent from the written config when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_val: BTreeMap<String, PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -295,6 +300,16 @@ impl Config {
                     p.display(),
                     self.data.root.display()
                 );
+            }
+        }
+        for (name, dir) in &self.data.extra_val {
+            // The name becomes TensorBoard tags and table headers.
+            if name.is_empty() || name == "val" || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                bail!("key 'data.extra_val.{name}': a set's name must be letters, digits, '_' or '-', and not 'val'");
+            }
+            let p = self.data.root.join(dir);
+            if !p.is_dir() {
+                bail!("key 'data.extra_val.{name}': data folder {} does not exist", p.display());
             }
         }
         Ok(())

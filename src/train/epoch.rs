@@ -114,16 +114,16 @@ impl Run<'_> {
                 continue;
             }
             let (x, y) = (batch.images(self.device), batch.labels.to_device(self.device));
-            let x = if augmenting && n > 0 {
+            let (x, soft) = if augmenting && n > 0 {
                 let a = self.augmentation.apply(&self.model, x, &batch)?;
                 stats.augmented += a.augmented;
-                a.images
+                (a.images, a.targets)
             } else {
-                x
+                (x, None)
             };
             let result = match n {
                 0 => self.trainer.step_empty(lr)?,
-                _ => self.trainer.step(&self.model, &x, &y, lr)?,
+                _ => self.trainer.step_with(&self.model, &x, &y, soft.as_ref(), lr)?,
             };
             let (loss, top1) = match result {
                 StepResult::Done { loss, top1 } => (loss, top1),

@@ -32,12 +32,12 @@ use anyhow::Result;
 pub use checkpoint::Meta;
 pub use config::{Amp, Config};
 pub use epoch::EpochStats;
-pub use record::{EpochRecord, log_step};
+pub use record::{EpochRecord, ValScore, log_step};
 pub use saver::CheckpointSaver;
 pub use scaler::LossScaler;
 pub use schedule::{Phase, lr_schedule};
 pub use setup::Loaders;
-pub use step::{StepResult, Trainer};
+pub use step::{StepResult, Trainer, soft_cross_entropy};
 pub use validation::{Validation, validate};
 
 /// What a finished run leaves behind.
@@ -70,8 +70,14 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         let stats = run.train_one_epoch(epoch, lr, phase)?;
         run.model.set_training(false);
         let val = validate(&run.model, &run.loaders.val, run.device, run.world())?;
-        run.say_skips(&val.skipped);
+        let mut skips = val.skipped.clone();
         let mut rec = stats.record(epoch, phase, lr, &val);
+        for (name, loader) in &run.loaders.extra_val {
+            let v = validate(&run.model, loader, run.device, run.world())?;
+            rec.extra_val.insert(name.clone(), record::ValScore { top1: v.top1, top5: v.top5, images: v.images });
+            skips.extend(v.skipped);
+        }
+        run.say_skips(&skips);
         let grid = run.track_probe(&mut rec)?;
         run.console.say(record::summary_line(&rec, epochs));
         // The checkpoint first: a TensorBoard failure after it loses nothing.

@@ -75,6 +75,12 @@ pub fn check(cfg: &Config) -> Result<()> {
     if let Some(s) = a.score_size {
         count("augment.score_size", s, 1, crate::imageio::MAX_INPUT_SIZE as i64)?;
     }
+    if a.method == crate::augment::Method::CutMix && a.refresh.every().is_some() {
+        bail!(
+            "key 'augment.refresh': the map cache is Group-CAM's; cutmix mixes each batch's own images \
+             (use augment.refresh: batch)"
+        );
+    }
     if let Some(k) = a.refresh.every() {
         count("augment.refresh", k as i64, 1, i64::MAX)?;
         count("augment.cache_size", cfg.cache_side() as i64, 2, cfg.data.input_size as i64)?;

@@ -1,6 +1,8 @@
 //! One epoch's record: what history.json, the checkpoint's meta and the report hold for it, the
 //! line the epoch ends with, and its TensorBoard scalars.
 
+use std::collections::BTreeMap;
+
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +42,19 @@ pub struct EpochRecord {
     /// The seconds of the refresh pass before this epoch (not in `seconds`), when it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_seconds: Option<f64>,
+    /// `data.extra_val`'s sets by name (absent without them, so older histories read and
+    /// write as they were).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_val: BTreeMap<String, ValScore>,
+}
+
+/// One extra validation set's accuracies after an epoch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ValScore {
+    pub top1: f64,
+    pub top5: f64,
+    /// Images the accuracies are over.
+    pub images: usize,
 }
 
 /// The line an epoch ends with.
@@ -67,6 +82,11 @@ pub(super) fn summary_line(rec: &EpochRecord, epochs: usize) -> String {
                     format!(" (cached {what}: refreshed every {every}, these from before epoch {e})")
                 })
                 .unwrap_or_default()
+            + &rec
+                .extra_val
+                .iter()
+                .map(|(name, v)| format!(" | {name} top-1 {:.2}% top-5 {:.2}% (of {})", 100.0 * v.top1, 100.0 * v.top5, v.images))
+                .collect::<String>()
     )
 }
 
@@ -85,6 +105,10 @@ pub(super) fn log_epoch(tb: &mut EventLog, r: &EpochRecord, grid: Option<&image:
         ("val/images_skipped", r.val_skipped as f64),
     ] {
         tb.scalar(tag, v as f32, e)?;
+    }
+    for (name, v) in &r.extra_val {
+        tb.scalar(&format!("val_{name}/top1"), v.top1 as f32, e)?;
+        tb.scalar(&format!("val_{name}/top5"), v.top5 as f32, e)?;
     }
     if let Some(from) = r.maps_from_epoch {
         // Epochs of training the cached maps have not seen.

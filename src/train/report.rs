@@ -39,6 +39,9 @@ pub fn render(
         let _ = writeln!(s, "- epochs: {}", h.len());
         let _ = writeln!(s, "- final val top-1: {}", last.map(|r| pct(r.val_top1)).unwrap_or("-".into()));
         let _ = writeln!(s, "- final val top-5: {}", last.map(|r| pct(r.val_top5)).unwrap_or("-".into()));
+        for (name, v) in last.map(|r| &r.extra_val).into_iter().flatten() {
+            let _ = writeln!(s, "- final {name} top-1: {} top-5: {} (of {} images)", pct(v.top1), pct(v.top5), v.images);
+        }
         let _ = writeln!(
             s,
             "- best val top-1: {}",
@@ -85,15 +88,22 @@ pub fn render(
             );
         }
     } else {
+        // The extra sets' columns only when the run has them: older reports stay as they were.
+        let extra: Vec<&String> = run.last().map(|r| r.extra_val.keys().collect()).unwrap_or_default();
+        let heads: String = extra.iter().map(|n| format!(" {n} top-1 |")).collect();
         let _ = writeln!(
             s,
-            "## Epochs\n\n| epoch | phase | lr | loss | train top-1 | val top-1 | val top-5 | augmented | skipped | s | saliency 1-r |"
+            "## Epochs\n\n| epoch | phase | lr | loss | train top-1 | val top-1 | val top-5 | augmented | skipped | s | saliency 1-r |{heads}"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|{}", "---|".repeat(extra.len()));
         for r in run {
+            let cells: String = extra
+                .iter()
+                .map(|n| format!(" {} |", r.extra_val.get(*n).map(|v| pct(v.top1)).unwrap_or("-".into())))
+                .collect();
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.2e} | {:.4} | {} | {} | {} | {:.0}% | {} | {:.1} | {} |",
+                "| {} | {} | {:.2e} | {:.4} | {} | {} | {} | {:.0}% | {} | {:.1} | {} |{cells}",
                 r.epoch,
                 r.phase,
                 r.lr,

@@ -31,6 +31,8 @@ use crate::tb::EventLog;
 pub struct Loaders {
     pub train: Loader,
     pub val: Loader,
+    /// `data.extra_val`'s sets by name, each validated like `val`.
+    pub extra_val: Vec<(String, Loader)>,
 }
 
 impl Loaders {
@@ -73,7 +75,21 @@ impl Loaders {
             transform: Transform::Eval { size, resize: cfg.val_resize() },
             ..train.clone()
         };
-        Ok(Loaders { train, val })
+        let mut extra_val = Vec::new();
+        for (name, dir) in &cfg.data.extra_val {
+            let set = ImageFolder::open(&cfg.data.root.join(dir))?;
+            if set.classes != train.data.classes {
+                bail!(
+                    "key 'data.extra_val.{name}': the class folders of {} ({}) differ from the training set's {} ({})",
+                    set.root.display(),
+                    set.classes.join(", "),
+                    train.data.root.display(),
+                    train.data.classes.join(", ")
+                );
+            }
+            extra_val.push((name.clone(), Loader { data: set, ..val.clone() }));
+        }
+        Ok(Loaders { train, val, extra_val })
     }
 
     pub fn num_classes(&self) -> i64 {
@@ -185,6 +201,9 @@ pub(super) fn start<'a>(cfg: &'a Config, opts: &RunOptions) -> Result<Run<'a>> {
     let mut loaders = Loaders::build(cfg)?;
     // Batches in page-locked memory, copied without blocking (pinning needs CUDA).
     (loaders.train.pin_memory, loaders.val.pin_memory) = (device.is_cuda(), device.is_cuda());
+    for (_, l) in &mut loaders.extra_val {
+        l.pin_memory = device.is_cuda();
+    }
     let augmentation = Augmentation::from_config(&cfg.augment);
     let caching = augmentation.cached_every().is_some();
     if caching && main {
@@ -195,6 +214,9 @@ pub(super) fn start<'a>(cfg: &'a Config, opts: &RunOptions) -> Result<Run<'a>> {
     let mut model = build_model(cfg, loaders.num_classes(), &loaders.train.data.root, device)?;
     // A scripted model's preprocessing comes with it.
     (loaders.train.norm, loaders.val.norm) = (model.input_norm(), model.input_norm());
+    for (_, l) in &mut loaders.extra_val {
+        l.norm = model.input_norm();
+    }
     let class_names = loaders.train.data.classes.clone();
     let mut sgd = Sgd::new(&model.vs, cfg.train.momentum, cfg.train.weight_decay);
     let mut meta = Meta {

@@ -19,6 +19,13 @@ pub(super) fn hits(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
     (eq.narrow(1, 0, 1).sum(Kind::Int64), eq.sum(Kind::Int64))
 }
 
+/// Cross-entropy against soft targets: the batch's mean of -sum(target * log_softmax(logits))
+/// (timm's SoftTargetCrossEntropy).
+pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
+    let per_image = (targets * logits.log_softmax(1, Kind::Float)).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+    -per_image.mean(Kind::Float)
+}
+
 /// What one training step did.
 pub enum StepResult {
     Done {
@@ -52,8 +59,24 @@ impl Trainer {
     /// One SGD step on a batch: forward (under `amp`'s autocast), cross-entropy, backward
     /// (scaled for fp16), update.
     pub fn step(&mut self, model: &dyn CamModel, x: &Tensor, y: &Tensor, lr: f64) -> Result<StepResult> {
+        self.step_with(model, x, y, None, lr)
+    }
+
+    /// [`Trainer::step`] against `soft` targets (B x classes, CutMix's) when given:
+    /// [`soft_cross_entropy`]; top-1 is still counted against the labels `y`.
+    pub fn step_with(
+        &mut self,
+        model: &dyn CamModel,
+        x: &Tensor,
+        y: &Tensor,
+        soft: Option<&Tensor>,
+        lr: f64,
+    ) -> Result<StepResult> {
         let logits = crate::autocast::autocast(self.amp, x.device(), || model.forward(x));
-        let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(y);
+        let loss = match soft {
+            None => logits.to_kind(Kind::Float).cross_entropy_for_logits(y),
+            Some(t) => soft_cross_entropy(&logits.to_kind(Kind::Float), t),
+        };
         let top1 = hits(&logits.detach(), y).0;
         self.sgd.zero_grad();
         if !self.loss_scaled() {
