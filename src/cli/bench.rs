@@ -11,6 +11,7 @@ use groupcam::cam::Method;
 use groupcam::choice;
 use groupcam::eval::insdel::Preset;
 use groupcam::models::Arch;
+use groupcam::outputs::Io;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -290,6 +291,8 @@ pub fn run(cmd: BenchCommand, device: Device) -> Result<()> {
             device,
         )?,
         BenchCommand::Loader(a) => {
+            let io = Io::new().input("--data", &a.data).input("--photos", &a.photos).input("--script", [&a.script]);
+            io.input("--python", &a.python).dir("--dump", &a.dump).check()?;
             let python = a.python.or_else(|| Some(PathBuf::from(".venv/bin/python")).filter(|p| p.exists()));
             let torchvision = match python {
                 Some(python) if !a.no_torchvision => {
