@@ -20,6 +20,7 @@ pub mod imagenet;
 pub mod interrupt;
 pub mod models;
 pub mod ops;
+pub mod outputs;
 pub mod plot;
 pub mod predict;
 pub mod rundir;

@@ -223,7 +223,12 @@ mod tests {
 
     #[test]
     fn chart_draws_each_line_in_its_color() {
-        let panels = [Panel { title: "t".into(), lines: vec![vec![0.0, 1.0], vec![1.0, 0.0]], y_range: (0.0, 1.0), bands: vec![] }];
+        let panels = [Panel {
+            title: "t".into(),
+            lines: vec![vec![0.0, 1.0], vec![1.0, 0.0]],
+            y_range: (0.0, 1.0),
+            bands: vec![],
+        }];
         let img = chart(&panels, &["a".into(), "b".into()]);
         for c in &COLORS[..2] {
             assert!(img.pixels().filter(|p| p.0 == *c).count() > 400, "color {c:?} missing");

@@ -321,7 +321,9 @@ fn groupcam_ab_pairs_arms_by_seed_and_reuses_finished_runs() {
     assert_eq!(r["val_sets"], serde_json::json!(["val", "again"]));
     let arms_json = r["arms"].as_array().unwrap();
     assert_eq!(arms_json.iter().map(|a| a["name"].as_str().unwrap()).collect::<Vec<_>>(), ["control", "cutmix"]);
-    let top1 = |arm: &Value, set: &str| -> Vec<f64> { arm["runs"].as_array().unwrap().iter().map(|x| f(&x["last"][set]["top1"])).collect() };
+    let top1 = |arm: &Value, set: &str| -> Vec<f64> {
+        arm["runs"].as_array().unwrap().iter().map(|x| f(&x["last"][set]["top1"])).collect()
+    };
     for arm in arms_json {
         let runs = arm["runs"].as_array().unwrap();
         assert_eq!(runs.iter().map(|x| x["seed"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1]);
@@ -332,7 +334,8 @@ fn groupcam_ab_pairs_arms_by_seed_and_reuses_finished_runs() {
             assert_eq!(run["last"]["val"]["top1"], last["val_top1"]);
             assert_eq!(run["last"]["val"]["images"], 12);
             assert_eq!(run["last"]["again"]["top1"], last["extra_val"]["again"]["top1"]);
-            let written: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("config.yaml")).unwrap()).unwrap();
+            let written: serde_yaml::Value =
+                serde_yaml::from_str(&std::fs::read_to_string(dir.join("config.yaml")).unwrap()).unwrap();
             assert_eq!(written["train"]["seed"].as_u64(), run["seed"].as_u64());
             assert_eq!(written["weights"].as_str(), Some(s(&weights)));
         }
@@ -356,7 +359,10 @@ fn groupcam_ab_pairs_arms_by_seed_and_reuses_finished_runs() {
             let dm = (d[0] + d[1]) / 2.0;
             let h = 12.706 * ((d[0] - d[1]).abs() / 2f64.sqrt()) / 2f64.sqrt();
             assert!((f(&diff["mean"]) - dm).abs() < 1e-12);
-            assert!((f(&diff["ci95"][0]) - (dm - h)).abs() < 1e-12 && (f(&diff["ci95"][1]) - (dm + h)).abs() < 1e-12, "{diff}");
+            assert!(
+                (f(&diff["ci95"][0]) - (dm - h)).abs() < 1e-12 && (f(&diff["ci95"][1]) - (dm + h)).abs() < 1e-12,
+                "{diff}"
+            );
         }
     }
     let (control, cutmix) = (&arms_json[0], &arms_json[1]);
@@ -365,7 +371,14 @@ fn groupcam_ab_pairs_arms_by_seed_and_reuses_finished_runs() {
     assert!((f(&cutmix["wall_ratio"]) - f(&cutmix["wall_s_mean"]) / f(&control["wall_s_mean"])).abs() < 1e-12);
 
     let table = std::fs::read_to_string(work.join("ab.md")).unwrap();
-    for cell in ["| cutmix |", "again top-1 % (mean +- std)", "val minus control, pt", "| 0 |", "| 1 |", "again: cutmix - control"] {
+    for cell in [
+        "| cutmix |",
+        "again top-1 % (mean +- std)",
+        "val minus control, pt",
+        "| 0 |",
+        "| 1 |",
+        "again: cutmix - control",
+    ] {
         assert!(table.contains(cell), "no '{cell}' in\n{table}");
     }
     for set in ["val", "again"] {
@@ -379,7 +392,9 @@ fn groupcam_ab_pairs_arms_by_seed_and_reuses_finished_runs() {
     let mtimes = || -> Vec<std::time::SystemTime> {
         ["control-s0", "control-s1", "cutmix-s0", "cutmix-s1"]
             .iter()
-            .map(|r| std::fs::metadata(work.join("runs").join(r).join("final.safetensors")).unwrap().modified().unwrap())
+            .map(|r| {
+                std::fs::metadata(work.join("runs").join(r).join("final.safetensors")).unwrap().modified().unwrap()
+            })
             .collect()
     };
     let before = mtimes();

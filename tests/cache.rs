@@ -201,7 +201,6 @@ fn config_with(dir: &Path, data: &Path, out: &str, epochs: usize, augment: &str)
     p
 }
 
-
 /// 1 plain epoch, then 3 fine-tuning epochs with maps refreshed every 2: before epochs 2 and 4.
 /// The history and the epoch lines say which weights each epoch's maps came from; a run stopped
 /// after epoch 2 and resumed to 4 reuses the cache and ends with the same weights bit for bit.

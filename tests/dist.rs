@@ -240,8 +240,10 @@ fn two_ranks_equal_one_process_with_the_same_global_batch() {
     assert!(out.contains("data-parallel: 2 ranks (torchrun launch), 2 per rank"), "{out}");
     assert_eq!(out.matches("final weights:").count(), 1, "only rank 0 writes: {out}");
 
-    let (a, b) =
-        (sorted_tensors(&dir.path().join("one/final.safetensors")), sorted_tensors(&dir.path().join("two/final.safetensors")));
+    let (a, b) = (
+        sorted_tensors(&dir.path().join("one/final.safetensors")),
+        sorted_tensors(&dir.path().join("two/final.safetensors")),
+    );
     assert_eq!(a.len(), b.len());
     let mut worst = 0.0f64;
     for ((ka, ta), (kb, tb)) in a.iter().zip(&b) {
@@ -318,7 +320,8 @@ fn a_lost_rank_stops_the_other_naming_it_and_the_run_resumes() {
     let cfg = tiny_config(dir.path(), &data, "lost", 3, true);
     let run = dir.path().join("lost");
     let t_start = Instant::now();
-    let mut parent = finetune_with(&cfg, &["--nproc", "2"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut parent =
+        finetune_with(&cfg, &["--nproc", "2"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     while !run.join("history.json").exists() {
         assert!(t_start.elapsed() < Duration::from_secs(300), "no checkpoint after 300 s");
         assert!(parent.try_wait().unwrap().is_none(), "the run ended before a rank could be killed");

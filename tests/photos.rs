@@ -31,7 +31,9 @@ fn idx(dir: &Path) -> PathBuf {
     let labels: Vec<u8> = (0..n).map(|i| (i % CLASSES) as u8).collect();
     let image: Vec<u8> = (0..28 * 28).map(|p| if p % 28 < 14 { 0 } else { 255 }).collect();
     let images: Vec<u8> = (0..n).flat_map(|_| image.clone()).collect();
-    for (imgs, labs) in [("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")] {
+    for (imgs, labs) in
+        [("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
+    {
         write_idx(&root.join(imgs), &[n as u32, 28, 28], &images);
         write_idx(&root.join(labs), &[n as u32], &labels);
     }
@@ -99,7 +101,8 @@ fn check_sets(out: &Path) {
     assert_eq!(held.len(), 3);
     let groups: Vec<Vec<String>> = (0..CLASSES)
         .map(|c| {
-            let (_, g) = m["groups"].as_object().unwrap().iter().find(|(k, _)| k.starts_with(&format!("{c}-"))).unwrap();
+            let (_, g) =
+                m["groups"].as_object().unwrap().iter().find(|(k, _)| k.starts_with(&format!("{c}-"))).unwrap();
             names(g)
         })
         .collect();
@@ -122,7 +125,6 @@ fn check_sets(out: &Path) {
     let idx_of = |split: &str| rows(split).iter().map(|r| r["index"].as_u64().unwrap()).collect::<Vec<_>>();
     assert_eq!(idx_of("val"), idx_of("val_heldout"));
     assert_eq!(idx_of("val"), idx_of("val_shift"));
-
 }
 
 #[test]
@@ -136,8 +138,10 @@ fn composites_repeat_for_a_seed_keep_held_out_photos_apart_and_shift_never_uses_
     let (ta, tb, tc) = (tree(&a), tree(&b), tree(&c));
     assert_eq!(ta.len(), 4 * CLASSES * PER_CLASS + 1, "four sets of 30 images and the manifest");
     assert!(ta == tb, "the same seed gave different files");
-    assert!(ta.iter().filter(|(k, _)| k.extension().is_some_and(|e| e == "png")).any(|(k, v)| tc.get(k) != Some(v)),
-        "another seed gave the same images");
+    assert!(
+        ta.iter().filter(|(k, _)| k.extension().is_some_and(|e| e == "png")).any(|(k, v)| tc.get(k) != Some(v)),
+        "another seed gave the same images"
+    );
 
     // Seed 5's draws never hit a garment's own group by chance (a 1/9 rule broken on 30 images
     // shows in 2 of these 3 seeds' sets), so both seeds' sets are checked.

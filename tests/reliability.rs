@@ -278,7 +278,6 @@ fn cli_bounds_and_inputs_are_safe() {
     assert!(e.contains("overwrite the input"), "{e}");
 }
 
-
 /// Case 2, 1 ("an epoch that trained on no batch"), 12 (one class), 13 (the NaN message):
 /// unreadable validation images are named and counted and the accuracy says over how many
 /// images it is; an epoch of unreadable images, a one-class dataset and a NaN before the first
@@ -378,4 +377,116 @@ fn a_full_disk_under_tensorboard_stops_with_the_checkpoint_intact_or_goes_on_whe
     assert_eq!(out.matches("cannot write the TensorBoard log").count(), 1, "{out}");
     let h = history(&run);
     assert_eq!(h.len(), 3, "the stopped run lost its epoch's checkpoint, or the continued run stopped");
+}
+
+/// `groupcam ARGS`: exit code and stderr.
+fn run_cli(args: &[&str]) -> (i32, String) {
+    let o = bin().args(args).output().unwrap();
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// Issue 24, case 1: every command that writes files refuses, before any work (the weights are
+/// junk, so any work would fail differently), an output that is an input, lies inside an input
+/// directory or is a directory holding one; the error names both paths and flags, and the
+/// input is left byte for byte.
+#[test]
+fn no_command_writes_over_into_or_around_its_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let photos = d.join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    let c = photos.join("c.png");
+    std::fs::copy(photo("coffee.png"), &c).unwrap();
+    let junk = d.join("junk.ot");
+    std::fs::write(&junk, b"not weights").unwrap();
+    let (c_, p_, j_) = (s(&c), s(&photos), s(&junk));
+    let maps = photos.join("maps");
+    let rj = d.join("r.json");
+    let r_ = s(&rj);
+    let inside = format!("{p_}/r.json");
+    let model = ["--arch", "resnet18", "--weights", j_];
+    let cases: Vec<(Vec<&str>, [&str; 3])> = vec![
+        (vec!["eval", "--images", c_, "--json", c_], ["--json", "--images", "would overwrite the input"]),
+        (
+            vec!["eval", "--images", p_, "--json", r_, "--save-maps", s(&maps)],
+            ["--save-maps", "--images", "inside the input directory"],
+        ),
+        (
+            vec!["eval", "--images", c_, "--json", r_, "--plot", j_],
+            ["--plot", "--weights", "would overwrite the input"],
+        ),
+        (vec!["explain", "--image", c_, "--out", p_], ["--out", "--image", "holds the input"]),
+        (vec!["augment", "--image", c_, "--label", "1", "--out", p_], ["--out", "--image", "overwrite the input"]),
+        (vec!["sanity", "--images", p_, "--json", &inside], ["--json", "--images", "inside the input directory"]),
+        (
+            vec!["sanity", "--images", c_, "--json", r_, "--figure", c_],
+            ["--figure", "--images", "would overwrite the input"],
+        ),
+    ];
+    for (args, want) in &cases {
+        let args: Vec<&str> = args.iter().chain(&model).copied().collect();
+        let (rc, err) = run_cli(&args);
+        assert_eq!(rc, 1, "{args:?}: {err}");
+        assert!(want.iter().all(|w| err.contains(w)) && !err.contains("junk.ot is"), "{args:?}: {err}");
+        assert!(err.contains(s(&c)) || err.contains(p_) || err.contains(j_), "{args:?} names no path: {err}");
+    }
+    let (rc, err) = run_cli(&["bench", "loader", "--photos", c_, "--dump", p_, "--no-torchvision"]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("--dump") && err.contains("holds the input --photos"), "{err}");
+    assert_eq!(std::fs::read(&c).unwrap(), std::fs::read(photo("coffee.png")).unwrap(), "an input changed");
+    assert_eq!(std::fs::read(&junk).unwrap(), b"not weights");
+    assert!(!maps.exists() && !rj.exists(), "a refused command wrote something");
+
+    // eval with real weights: the photo is not replaced by the JSON report.
+    let w = effnet_weights();
+    let (rc, err) = run_cli(&[
+        "eval",
+        "--arch",
+        "efficientnet-lite0",
+        "--weights",
+        s(&w),
+        "--images",
+        c_,
+        "--methods",
+        "gradcam",
+        "--metrics",
+        "deletion",
+        "--json",
+        c_,
+    ]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("--json") && err.contains("would overwrite the input --images"), "{err}");
+    assert_eq!(std::fs::read(&c).unwrap(), std::fs::read(photo("coffee.png")).unwrap(), "eval replaced its input");
+
+    // finetune: a run directory inside the data, one holding the starting weights (which
+    // --overwrite would clear) or the config; its own checkpoint is what --resume continues.
+    let cfg = tiny(d);
+    let data = d.join("data");
+    let (rc, err) = finetune(&["--config", s(&cfg), "--out", s(&data.join("run"))]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("--out") && err.contains("inside the input directory data.root"), "{err}");
+    assert!(!data.join("run").exists());
+    let run = d.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let start = run.join("start.safetensors");
+    std::fs::write(&start, b"weights").unwrap();
+    let (rc, err) = finetune(&["--config", s(&cfg), "--set", &format!("weights={}", start.display()), "--overwrite"]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(
+        err.contains("out ") && err.contains("holds the input weights") && err.contains("start.safetensors"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&start).unwrap(), b"weights");
+    let inner = run.join("c.yaml");
+    std::fs::copy(&cfg, &inner).unwrap();
+    let (rc, err) = finetune(&["--config", s(&inner)]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("holds the input --config"), "{err}");
+    // A checkpoint deeper in the run directory than its own checkpoints/ is not its own.
+    let deeper = d.join("outer/inner/checkpoints/last.safetensors");
+    std::fs::create_dir_all(deeper.parent().unwrap()).unwrap();
+    std::fs::write(&deeper, b"x").unwrap();
+    let (rc, err) = finetune(&["--config", s(&cfg), "--out", s(&d.join("outer")), "--resume", s(&deeper)]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("--out") && err.contains("holds the input --resume"), "{err}");
 }

@@ -33,7 +33,12 @@ fn scripted(name: &str) -> Model {
 }
 
 fn trainer(model: &Model, momentum: f64, wd: f64) -> Trainer {
-    Trainer { sgd: Sgd::new(&model.vs, momentum, wd), scaler: LossScaler::new(), amp: None, world: groupcam::dist::World::Single }
+    Trainer {
+        sgd: Sgd::new(&model.vs, momentum, wd),
+        scaler: LossScaler::new(),
+        amp: None,
+        world: groupcam::dist::World::Single,
+    }
 }
 
 fn pearson(a: &Tensor, b: &Tensor) -> f64 {
@@ -216,7 +221,6 @@ fn scripted_config(dir: &Path, data: &Path, out: &str, reset: bool) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
-
 
 /// The scripted ResNet-18 (1000 classes) fine-tuned onto the 6 synthetic classes with
 /// `reset_head`: refused without it; its BatchNorm statistics are in the checkpoints, so a run

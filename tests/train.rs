@@ -37,7 +37,6 @@ fn tiny_config(dir: &Path, data: &Path, out: &str) -> PathBuf {
     p
 }
 
-
 #[test]
 fn config_errors_name_the_key_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
@@ -150,7 +149,8 @@ fn check_kill_9_and_resume(dir: &Path, sets: &[&str]) -> PathBuf {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("resumed from"));
 
-    let (a, b) = (sorted_tensors(&dir.join("straight/final.safetensors")), sorted_tensors(&run.join("final.safetensors")));
+    let (a, b) =
+        (sorted_tensors(&dir.join("straight/final.safetensors")), sorted_tensors(&run.join("final.safetensors")));
     assert_eq!(a.len(), b.len());
     for ((ka, ta), (kb, tb)) in a.iter().zip(&b) {
         assert_eq!(ka, kb);
@@ -631,7 +631,8 @@ fn extra_validation_sets_are_evaluated_logged_and_checked() {
     let data = tiny_data(dir.path(), 2);
     let cfg = tiny_config(dir.path(), &data, "extra");
     let fast = ["--set", "train.epochs=2", "--set", "augment.enabled=false", "--set", "saliency.probe=0"];
-    let out = finetune(&[&["--config", s(&cfg), "--set", "data.extra_val={same: val, seen: train}"][..], &fast[..]].concat());
+    let out =
+        finetune(&[&["--config", s(&cfg), "--set", "data.extra_val={same: val, seen: train}"][..], &fast[..]].concat());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let run = dir.path().join("extra");
@@ -639,7 +640,11 @@ fn extra_validation_sets_are_evaluated_logged_and_checked() {
     assert_eq!(h.as_array().unwrap().len(), 2);
     for r in h.as_array().unwrap() {
         let same = &r["extra_val"]["same"];
-        assert_eq!((&same["top1"], &same["top5"], &same["images"]), (&r["val_top1"], &r["val_top5"], &r["val_images"]), "{r}");
+        assert_eq!(
+            (&same["top1"], &same["top5"], &same["images"]),
+            (&r["val_top1"], &r["val_top5"], &r["val_images"]),
+            "{r}"
+        );
         assert_eq!(r["extra_val"]["seen"]["images"], 12, "the 12 training images: {r}");
         assert_eq!(r["extra_val"].as_object().unwrap().len(), 2);
     }
@@ -652,7 +657,9 @@ fn extra_validation_sets_are_evaluated_logged_and_checked() {
     }
     let report = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(report.contains("- final same top-1: ") && report.contains("| same top-1 | seen top-1 |"), "{report}");
-    assert!(serde_yaml::to_string(&Config::load(&run.join("config.yaml"), &[]).unwrap()).unwrap().contains("extra_val"));
+    assert!(
+        serde_yaml::to_string(&Config::load(&run.join("config.yaml"), &[]).unwrap()).unwrap().contains("extra_val")
+    );
 
     // Without extra sets: no key in the written config or a record.
     let plain = Config::load(&cfg, &[]).unwrap();
@@ -696,9 +703,14 @@ fn cutmix_runs_resume_bit_for_bit() {
     let written = std::fs::read_to_string(run.join("config.yaml")).unwrap();
     let augment = written.split("augment:").nth(1).unwrap();
     assert!(augment.contains("  cache_size: null\n  method: cutmix\n"), "{written}");
-    let e = format!("{:#}", Config::load(&dir.path().join("straight.yaml"), &["augment.method=cutmix".into(), "augment.refresh=1".into()]).unwrap_err());
+    let e = format!(
+        "{:#}",
+        Config::load(&dir.path().join("straight.yaml"), &["augment.method=cutmix".into(), "augment.refresh=1".into()])
+            .unwrap_err()
+    );
     assert!(e.contains("augment.refresh") && e.contains("cutmix"), "{e}");
-    let e = format!("{:#}", Config::load(&dir.path().join("straight.yaml"), &["augment.method=mixup".into()]).unwrap_err());
+    let e =
+        format!("{:#}", Config::load(&dir.path().join("straight.yaml"), &["augment.method=mixup".into()]).unwrap_err());
     assert!(e.contains("augment.method") && e.contains("groupcam or cutmix"), "{e}");
 }
 
@@ -716,7 +728,10 @@ fn the_soft_target_step_is_soft_cross_entropy() {
     m.set_training(true);
     // Train-mode BatchNorm normalises by the batch's own statistics: the step's forward gives these logits.
     let logits = tch::no_grad(|| m.forward(&x));
-    let (l, t) = (Vec::<Vec<f64>>::try_from(logits.to_kind(tch::Kind::Double)).unwrap(), Vec::<Vec<f64>>::try_from(soft.to_kind(tch::Kind::Double)).unwrap());
+    let (l, t) = (
+        Vec::<Vec<f64>>::try_from(logits.to_kind(tch::Kind::Double)).unwrap(),
+        Vec::<Vec<f64>>::try_from(soft.to_kind(tch::Kind::Double)).unwrap(),
+    );
     let direct = l
         .iter()
         .zip(&t)

@@ -150,7 +150,8 @@ fn split_sets(s: &str) -> Vec<String> {
 /// The arms of `specs` (built-in names, or NAME:key=value,... after a built-in's overrides when
 /// NAME is one), the control first.
 pub fn parse_arms(specs: &[String], input_size: u32) -> Result<Vec<Arm>> {
-    let specs: Vec<String> = if specs.is_empty() { BUILT_IN.iter().map(|s| s.to_string()).collect() } else { specs.to_vec() };
+    let specs: Vec<String> =
+        if specs.is_empty() { BUILT_IN.iter().map(|s| s.to_string()).collect() } else { specs.to_vec() };
     let mut arms: Vec<Arm> = Vec::new();
     for spec in &specs {
         let (name, sets) = spec.split_once(':').unwrap_or((spec, ""));
@@ -167,9 +168,14 @@ pub fn parse_arms(specs: &[String], input_size: u32) -> Result<Vec<Arm>> {
             None => vec![],
         };
         for s in &own {
-            let key = s.split_once('=').map(|(k, _)| k.trim()).with_context(|| format!("arm '{name}': '{s}' is not key=value"))?;
+            let key = s
+                .split_once('=')
+                .map(|(k, _)| k.trim())
+                .with_context(|| format!("arm '{name}': '{s}' is not key=value"))?;
             if OWNED.contains(&key) {
-                bail!("arm '{name}': key '{key}' is set by the A/B itself (--seeds, --work, the base config's weights)");
+                bail!(
+                    "arm '{name}': key '{key}' is set by the A/B itself (--seeds, --work, the base config's weights)"
+                );
             }
         }
         if arms.iter().any(|a| a.name == name) {
@@ -187,7 +193,10 @@ pub fn parse_arms(specs: &[String], input_size: u32) -> Result<Vec<Arm>> {
         arms.insert(0, c);
     } else {
         let (setting, sets) = (describe("control", input_size), built_in("control", input_size));
-        arms.insert(0, Arm { name: "control".into(), setting: setting.expect("built in"), sets: sets.expect("built in") });
+        arms.insert(
+            0,
+            Arm { name: "control".into(), setting: setting.expect("built in"), sets: sets.expect("built in") },
+        );
     }
     Ok(arms)
 }
@@ -364,7 +373,8 @@ pub fn run(spec: &Spec) -> Result<AbResult> {
     let start = sha256(&weights)?;
     let exe = std::env::current_exe().context("cannot find this executable to run the fine-tuning")?;
     for dir in ["configs", "logs", "runs"] {
-        std::fs::create_dir_all(spec.work.join(dir)).with_context(|| format!("cannot create {}", spec.work.join(dir).display()))?;
+        std::fs::create_dir_all(spec.work.join(dir))
+            .with_context(|| format!("cannot create {}", spec.work.join(dir).display()))?;
     }
     let mut results: BTreeMap<String, Vec<RunResult>> = BTreeMap::new();
     // Seed-major: a drift in the machine's speed hits every arm alike.
@@ -380,7 +390,8 @@ pub fn run(spec: &Spec) -> Result<AbResult> {
             None => (train(&exe, spec, p, &start, main)?, false),
         };
         let history = report::read_history(&p.cfg.out)?;
-        let tuned: Vec<f64> = history.iter().filter(|r| r.phase == Phase::Finetune).map(|r| r.augmented_fraction).collect();
+        let tuned: Vec<f64> =
+            history.iter().filter(|r| r.phase == Phase::Finetune).map(|r| r.augmented_fraction).collect();
         let last = history.last().map(scores).unwrap_or_default();
         let mut curves: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for r in &history {
@@ -425,7 +436,12 @@ fn train(exe: &Path, spec: &Spec, p: &Planned, start: &str, main: bool) -> Resul
     if !status.success() {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-        bail!("run {name} failed ({status}; config {}, log {}):\n{}", cfg_path.display(), log_path.display(), tail.join("\n"));
+        bail!(
+            "run {name} failed ({status}; config {}, log {}):\n{}",
+            cfg_path.display(),
+            log_path.display(),
+            tail.join("\n")
+        );
     }
     if main {
         let m = Manifest { config: serde_json::to_value(&p.cfg)?, start_sha256: start.to_string(), wall_s };
@@ -443,7 +459,9 @@ fn summarise(
     mut results: BTreeMap<String, Vec<RunResult>>,
     val_sets: Vec<String>,
 ) -> AbResult {
-    let top1 = |runs: &[RunResult], set: &str| -> Vec<f64> { runs.iter().map(|r| r.last.get(set).map_or(f64::NAN, |v| v.top1)).collect() };
+    let top1 = |runs: &[RunResult], set: &str| -> Vec<f64> {
+        runs.iter().map(|r| r.last.get(set).map_or(f64::NAN, |v| v.top1)).collect()
+    };
     let control = results.get("control").cloned().unwrap_or_default();
     let control_wall = stats::mean(&control.iter().map(|r| r.wall_s).collect::<Vec<_>>());
     let arms = arms

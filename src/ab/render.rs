@@ -22,14 +22,27 @@ pub fn write_all(work: &Path, r: &AbResult) -> Result<()> {
     for arm in r.arms.iter().filter(|a| a.name != "control") {
         for run in &arm.runs {
             let Some(c) = control.and_then(|c| c.runs.iter().find(|c| c.seed == run.seed)) else { continue };
-            let md = report::render(&report::read_history(&run.run)?, Some(&report::read_history(&c.run)?), &run.run, Some(&c.run));
-            crate::atomic::write_bytes(&work.join("reports").join(format!("{}-s{}.md", arm.name, run.seed)), md.as_bytes())?;
+            let md = report::render(
+                &report::read_history(&run.run)?,
+                Some(&report::read_history(&c.run)?),
+                &run.run,
+                Some(&c.run),
+            );
+            crate::atomic::write_bytes(
+                &work.join("reports").join(format!("{}-s{}.md", arm.name, run.seed)),
+                md.as_bytes(),
+            )?;
         }
     }
     let md = markdown(r);
     crate::atomic::write_bytes(&work.join("ab.md"), md.as_bytes())?;
     print!("{md}");
-    println!("written: {}, {}, curves-*.png and reports/ in {}", work.join("ab.md").display(), work.join("ab.json").display(), work.display());
+    println!(
+        "written: {}, {}, curves-*.png and reports/ in {}",
+        work.join("ab.md").display(),
+        work.join("ab.json").display(),
+        work.display()
+    );
     Ok(())
 }
 
@@ -127,7 +140,8 @@ fn curves(r: &AbResult, set: &str) -> image::RgbImage {
     }
     let all = bands.iter().flat_map(|(lo, hi)| lo.iter().chain(hi));
     let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-    let (lo, hi) = if lo.is_finite() { ((lo / 5.0).floor() * 5.0, ((hi / 5.0).ceil() * 5.0).max(lo + 5.0)) } else { (0.0, 100.0) };
+    let (lo, hi) =
+        if lo.is_finite() { ((lo / 5.0).floor() * 5.0, ((hi / 5.0).ceil() * 5.0).max(lo + 5.0)) } else { (0.0, 100.0) };
     let panel = plot::Panel { title: format!("{set} top-1 in percent per epoch"), lines, y_range: (lo, hi), bands };
     plot::chart(&[panel], &r.arms.iter().map(|a| a.name.clone()).collect::<Vec<_>>())
 }

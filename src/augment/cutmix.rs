@@ -74,7 +74,11 @@ impl CutMix {
     pub fn apply(&self, images: &Tensor, labels: &Tensor, classes: i64) -> Result<Mixed> {
         let (n, _, h, w) = images.size4()?;
         if labels.size() != [n] || labels.is_floating_point() {
-            bail!("labels must be {n} integers (one per image), got a {:?} tensor of shape {:?}", labels.kind(), labels.size());
+            bail!(
+                "labels must be {n} integers (one per image), got a {:?} tensor of shape {:?}",
+                labels.kind(),
+                labels.size()
+            );
         }
         let Some(cut) = self.draw(h, w) else {
             return Ok(Mixed { images: images.shallow_clone(), targets: None, cut: None, augmented: 0 });
@@ -123,7 +127,11 @@ mod tests {
                     for xx in 0..w {
                         let v = px[i * (h * w) as usize + (y * w + xx) as usize];
                         let inside = (b.y0..b.y1).contains(&y) && (b.x0..b.x1).contains(&xx);
-                        assert_eq!(v, if inside { partner as f32 + 1.0 } else { i as f32 + 1.0 }, "seed {seed} image {i}");
+                        assert_eq!(
+                            v,
+                            if inside { partner as f32 + 1.0 } else { i as f32 + 1.0 },
+                            "seed {seed} image {i}"
+                        );
                         pasted += inside as i64;
                     }
                 }
@@ -153,7 +161,8 @@ mod tests {
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));
         let x = batch(2);
-        let m = CutMix { probability: 0.0, ..Default::default() }.apply(&x, &Tensor::from_slice(&[0i64, 1]), 2).unwrap();
+        let m =
+            CutMix { probability: 0.0, ..Default::default() }.apply(&x, &Tensor::from_slice(&[0i64, 1]), 2).unwrap();
         assert!(m.targets.is_none() && m.cut.is_none() && m.augmented == 0 && m.images.equal(&x));
     }
 }

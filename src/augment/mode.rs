@@ -88,7 +88,9 @@ impl Augmentation {
                 let masks = batch
                     .masks_on(images.device())
                     .context("a batch of a cached-maps run came without its masks (the loader has no map cache)")?;
-                let images = tch::no_grad(|| -> Result<Tensor> { Ok(compose(&images, &Blur::GROUP_CAM.apply(&images)?, &masks)) })?;
+                let images = tch::no_grad(|| -> Result<Tensor> {
+                    Ok(compose(&images, &Blur::GROUP_CAM.apply(&images)?, &masks))
+                })?;
                 Ok(Applied { images, augmented: batch.masked, targets: None })
             }
             Augmentation::Scored(s) => s.apply(model, images, batch),

@@ -75,7 +75,12 @@ pub fn run(b: &DistBench) -> Result<Report> {
     model.set_training(true);
     let x = Tensor::randn([b.batch, 3, b.size, b.size], (Kind::Float, Device::Cpu));
     let y = Tensor::randint(1000, [b.batch], (Kind::Int64, Device::Cpu));
-    let mut trainer = Trainer { sgd: Sgd::new(&model.vs, 0.9, 1e-4), scaler: LossScaler::new(), amp: None, world: crate::dist::World::Single };
+    let mut trainer = Trainer {
+        sgd: Sgd::new(&model.vs, 0.9, 1e-4),
+        scaler: LossScaler::new(),
+        amp: None,
+        world: crate::dist::World::Single,
+    };
     let (mut step_t, mut ddp_t, mut flat_t) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 0..=reps {
         let t = Instant::now();

@@ -8,6 +8,7 @@ use tch::Device;
 
 use groupcam::augment::{GroupCamAugment, Outcome, Precision, Threshold, preview};
 use groupcam::models::{CamModel, HeadSpec};
+use groupcam::outputs::Io;
 use groupcam::{choice, imagenet};
 
 #[derive(Args)]
@@ -45,6 +46,7 @@ pub struct AugmentArgs {
 }
 
 pub fn run(a: AugmentArgs, device: Device) -> Result<()> {
+    Io::new().input("--weights", [&a.model.weights]).input("--image", &a.image).dir("--out", [&a.out]).check()?;
     let head = HeadSpec { num_classes: a.reset_head, reset: a.reset_head.is_some() };
     if let Some(n) = a.reset_head.filter(|&n| n < 1) {
         bail!("--reset-head {n}: a classifier needs at least 1 class");

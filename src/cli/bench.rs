@@ -5,6 +5,7 @@ use clap::Subcommand;
 use tch::Device;
 
 use groupcam::bench::{augment, cache, dist, explain, insdel, loader, methods, torchscript, train};
+use groupcam::outputs::Io;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -33,7 +34,11 @@ pub fn run(cmd: BenchCommand, device: Device) -> Result<()> {
         BenchCommand::Explain(b) => explain::run(&b, device)?,
         BenchCommand::Augment(b) => augment::run(&b, device)?,
         BenchCommand::Train(b) => train::run(&b, device)?,
-        BenchCommand::Loader(b) => loader::run(&b)?,
+        BenchCommand::Loader(b) => {
+            let io = Io::new().input("--data", &b.data).input("--photos", &b.photos).input("--script", [&b.script]);
+            io.input("--python", &b.python).dir("--dump", &b.dump).check()?;
+            loader::run(&b)?
+        }
         BenchCommand::Methods(b) => methods::run(&b, device)?,
         BenchCommand::Insdel(b) => insdel::run(&b, device)?,
         BenchCommand::Dist(b) => {

@@ -10,6 +10,7 @@ use groupcam::cam::{Batching, Method, MethodOptions, methods};
 use groupcam::eval::insdel::{self, InsdelOptions, Preset};
 use groupcam::eval::pointing::{self, Coco};
 use groupcam::eval::{EvalReport, Metric};
+use groupcam::outputs::Io;
 use groupcam::{choice, files};
 
 #[derive(Args)]
@@ -57,6 +58,8 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs, device: Device) -> Result<()> {
+    let io = Io::new().input("--weights", [&a.model.weights]).input("--images", &a.images).input("--boxes", &a.boxes);
+    io.file("--json", [&a.json]).file("--plot", &a.plot).dir("--save-maps", &a.save_maps).check()?;
     let modes: Vec<insdel::Mode> = a.metrics.iter().filter_map(|m| m.mode()).collect();
     let pointing_on = a.metrics.contains(&Metric::Pointing);
     let boxes = match (&a.boxes, pointing_on) {

@@ -8,6 +8,7 @@ use tch::Device;
 
 use groupcam::cam::{GroupCam, Variant};
 use groupcam::models::CamModel;
+use groupcam::outputs::Io;
 use groupcam::{choice, explain, imagenet};
 
 #[derive(Args)]
@@ -38,6 +39,7 @@ pub struct ExplainArgs {
 }
 
 pub fn run(a: ExplainArgs, device: Device) -> Result<()> {
+    Io::new().input("--weights", [&a.model.weights]).input("--image", &a.image).dir("--out", [&a.out]).check()?;
     let (model, input_size) = a.model.load(device)?;
     let cam =
         GroupCam { groups: a.groups, denoise: a.denoise, variant: a.variant, chunk: a.chunk, ..Default::default() };

@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use groupcam::dist::launch;
+use groupcam::outputs::Io;
 use groupcam::synth::{self, SynthConfig};
 use groupcam::train::{self, Config, RunOptions, report};
 
@@ -69,6 +70,9 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         sets.push(format!("out={}", o.display()));
     }
     let cfg = Config::load(&a.config, &sets)?;
+    let io =
+        Io::new().input("--config", [&a.config]).input("weights", &cfg.weights).input("data.root", [&cfg.data.root]);
+    io.resumed("--resume", a.resume.as_ref()).dir(if a.out.is_some() { "--out" } else { "out" }, [&cfg.out]).check()?;
     let launch = launch::from_env()?;
     if let Some(n) = a.nproc {
         if let Some(l) = launch {

@@ -9,6 +9,7 @@ use tch::Device;
 
 use groupcam::cam::{Method, MethodOptions, methods};
 use groupcam::eval::sanity::{self, Randomization};
+use groupcam::outputs::Io;
 use groupcam::{choice, files, plot};
 
 #[derive(Args)]
@@ -43,6 +44,8 @@ pub struct SanityArgs {
 }
 
 pub fn run(a: SanityArgs, device: Device) -> Result<()> {
+    let io = Io::new().input("--weights", [&a.model.weights]).input("--images", &a.images);
+    io.file("--json", [&a.json]).file("--figure", &a.figure).check()?;
     let opts = MethodOptions { chunk: a.chunk, rise_masks: Some(a.rise_masks) };
     let methods = methods::build_all(&a.methods, &opts).map_err(|e| anyhow::anyhow!("--methods: {e:#}"))?;
     let images = files::image_files(&a.images)?;

@@ -304,7 +304,10 @@ impl Config {
         }
         for (name, dir) in &self.data.extra_val {
             // The name becomes TensorBoard tags and table headers.
-            if name.is_empty() || name == "val" || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            if name.is_empty()
+                || name == "val"
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
                 bail!("key 'data.extra_val.{name}': a set's name must be letters, digits, '_' or '-', and not 'val'");
             }
             let p = self.data.root.join(dir);

@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use anyhow::Result;
 use tch::Device;
 
+use super::Config;
 use super::checkpoint::Meta;
 use super::console::Console;
 use super::probe::ProbeTracker;
 use super::saver::CheckpointSaver;
 use super::setup::Loaders;
 use super::step::Trainer;
-use super::Config;
 use crate::augment::Augmentation;
 use crate::dist::World;
 use crate::interrupt::{Interrupt, Interrupted};

@@ -33,8 +33,13 @@ pub struct EpochStats {
 impl EpochStats {
     /// The stats of all ranks together (the time is this rank's).
     fn summed(self, world: &World) -> Result<EpochStats> {
-        let s = world
-            .sum(&[self.loss_sum, self.seen as f64, self.correct as f64, self.augmented as f64, self.skipped as f64])?;
+        let s = world.sum(&[
+            self.loss_sum,
+            self.seen as f64,
+            self.correct as f64,
+            self.augmented as f64,
+            self.skipped as f64,
+        ])?;
         Ok(EpochStats {
             loss_sum: s[0],
             seen: s[1] as i64,

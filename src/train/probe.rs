@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::Config;
-use super::record::EpochRecord;
 use super::checkpoint::Meta;
+use super::record::EpochRecord;
 use crate::cam::{Explainer, GroupCam};
 use crate::data::{ImageFolder, Loader};
 use crate::imageio;

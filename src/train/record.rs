@@ -85,7 +85,12 @@ pub(super) fn summary_line(rec: &EpochRecord, epochs: usize) -> String {
             + &rec
                 .extra_val
                 .iter()
-                .map(|(name, v)| format!(" | {name} top-1 {:.2}% top-5 {:.2}% (of {})", 100.0 * v.top1, 100.0 * v.top5, v.images))
+                .map(|(name, v)| format!(
+                    " | {name} top-1 {:.2}% top-5 {:.2}% (of {})",
+                    100.0 * v.top1,
+                    100.0 * v.top5,
+                    v.images
+                ))
                 .collect::<String>()
     )
 }

@@ -66,17 +66,18 @@ impl Run<'_> {
         };
         let stop = crate::interrupt::requested;
         let aug = cfg.augment.augmenter();
-        let stats = cache::write_part(&self.model, &aug, &whole, &want, rank, &dir, self.device, &stop).map_err(
-            |e| match e.downcast_ref::<cache::Stopped>() {
-                Some(s) => self.interrupted(format!(
-                    "the saliency cache's refresh pass before epoch {} ({} of {} images done, none kept)",
-                    epoch + 1,
-                    s.done,
-                    s.of
-                )),
-                None => e,
-            },
-        )?;
+        let stats =
+            cache::write_part(&self.model, &aug, &whole, &want, rank, &dir, self.device, &stop).map_err(|e| {
+                match e.downcast_ref::<cache::Stopped>() {
+                    Some(s) => self.interrupted(format!(
+                        "the saliency cache's refresh pass before epoch {} ({} of {} images done, none kept)",
+                        epoch + 1,
+                        s.done,
+                        s.of
+                    )),
+                    None => e,
+                }
+            })?;
         self.world().barrier()?;
         if self.world().is_main() {
             cache::publish(&dir, &want)?;

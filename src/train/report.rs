@@ -40,7 +40,8 @@ pub fn render(
         let _ = writeln!(s, "- final val top-1: {}", last.map(|r| pct(r.val_top1)).unwrap_or("-".into()));
         let _ = writeln!(s, "- final val top-5: {}", last.map(|r| pct(r.val_top5)).unwrap_or("-".into()));
         for (name, v) in last.map(|r| &r.extra_val).into_iter().flatten() {
-            let _ = writeln!(s, "- final {name} top-1: {} top-5: {} (of {} images)", pct(v.top1), pct(v.top5), v.images);
+            let _ =
+                writeln!(s, "- final {name} top-1: {} top-5: {} (of {} images)", pct(v.top1), pct(v.top5), v.images);
         }
         let _ = writeln!(
             s,

@@ -60,7 +60,12 @@ impl Loaders {
             ..Loader::new(
                 train_set,
                 cfg.train.batch_size,
-                Transform::Train { size, scale: (d.scale[0], d.scale[1]), ratio: (d.ratio[0], d.ratio[1]), flip: d.flip },
+                Transform::Train {
+                    size,
+                    scale: (d.scale[0], d.scale[1]),
+                    ratio: (d.ratio[0], d.ratio[1]),
+                    flip: d.flip,
+                },
                 cfg.arch.input_norm(),
             )
         };
@@ -271,14 +276,12 @@ pub(super) fn start<'a>(cfg: &'a Config, opts: &RunOptions) -> Result<Run<'a>> {
         None => World::Single,
     };
     world.broadcast_state()?;
-    let trainer = Trainer {
-        sgd,
-        scaler: LossScaler::resume(meta.loss_scale, meta.loss_scale_clean_steps),
-        amp,
-        world,
-    };
+    let trainer = Trainer { sgd, scaler: LossScaler::resume(meta.loss_scale, meta.loss_scale_clean_steps), amp, world };
     // Ranks other than 0 write nothing: no event file, no probe, no grids.
-    let tb = EventLog::create(&saver.paths.out.join("tb"), if main { cfg.train.tensorboard } else { crate::tb::OnError::Off })?;
+    let tb = EventLog::create(
+        &saver.paths.out.join("tb"),
+        if main { cfg.train.tensorboard } else { crate::tb::OnError::Off },
+    )?;
     let (probe, grid) = if main {
         ProbeTracker::start(cfg, &loaders.val, &model, prev_maps, &saver.paths.probe, device)?
     } else {

@@ -22,7 +22,8 @@ pub(super) fn hits(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
 /// Cross-entropy against soft targets: the batch's mean of -sum(target * log_softmax(logits))
 /// (timm's SoftTargetCrossEntropy).
 pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
-    let per_image = (targets * logits.log_softmax(1, Kind::Float)).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+    let per_image =
+        (targets * logits.log_softmax(1, Kind::Float)).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
     -per_image.mean(Kind::Float)
 }
 
@@ -154,5 +155,4 @@ impl Trainer {
     fn loss_scaled(&self) -> bool {
         self.amp == Some(AutocastDtype::F16)
     }
-
 }
