@@ -9,7 +9,6 @@ use common::*;
 use groupcam::data::{ImageFolder, Loader, Transform};
 use groupcam::models::Normalization;
 use groupcam::rundir::{Reuse, RunLock};
-use groupcam::synth::{self, SynthConfig};
 use groupcam::train::Config;
 
 fn tiny(dir: &Path) -> PathBuf {
@@ -462,7 +461,7 @@ fn no_command_writes_over_into_or_around_its_inputs() {
     // --overwrite would clear) or the config; its own checkpoint is what --resume continues.
     let cfg = tiny(d);
     let data = d.join("data");
-    let (rc, err) = finetune(&["--config", s(&cfg), "--out", s(&data.join("run"))]);
+    let (rc, err) = finetune_rc(&["--config", s(&cfg), "--out", s(&data.join("run"))]);
     assert_eq!(rc, 1, "{err}");
     assert!(err.contains("--out") && err.contains("inside the input directory data.root"), "{err}");
     assert!(!data.join("run").exists());
@@ -470,7 +469,7 @@ fn no_command_writes_over_into_or_around_its_inputs() {
     std::fs::create_dir_all(&run).unwrap();
     let start = run.join("start.safetensors");
     std::fs::write(&start, b"weights").unwrap();
-    let (rc, err) = finetune(&["--config", s(&cfg), "--set", &format!("weights={}", start.display()), "--overwrite"]);
+    let (rc, err) = finetune_rc(&["--config", s(&cfg), "--set", &format!("weights={}", start.display()), "--overwrite"]);
     assert_eq!(rc, 1, "{err}");
     assert!(
         err.contains("out ") && err.contains("holds the input weights") && err.contains("start.safetensors"),
@@ -479,14 +478,14 @@ fn no_command_writes_over_into_or_around_its_inputs() {
     assert_eq!(std::fs::read(&start).unwrap(), b"weights");
     let inner = run.join("c.yaml");
     std::fs::copy(&cfg, &inner).unwrap();
-    let (rc, err) = finetune(&["--config", s(&inner)]);
+    let (rc, err) = finetune_rc(&["--config", s(&inner)]);
     assert_eq!(rc, 1, "{err}");
     assert!(err.contains("holds the input --config"), "{err}");
     // A checkpoint deeper in the run directory than its own checkpoints/ is not its own.
     let deeper = d.join("outer/inner/checkpoints/last.safetensors");
     std::fs::create_dir_all(deeper.parent().unwrap()).unwrap();
     std::fs::write(&deeper, b"x").unwrap();
-    let (rc, err) = finetune(&["--config", s(&cfg), "--out", s(&d.join("outer")), "--resume", s(&deeper)]);
+    let (rc, err) = finetune_rc(&["--config", s(&cfg), "--out", s(&d.join("outer")), "--resume", s(&deeper)]);
     assert_eq!(rc, 1, "{err}");
     assert!(err.contains("--out") && err.contains("holds the input --resume"), "{err}");
 }
