@@ -93,7 +93,10 @@ impl Augmentation {
                 })?;
                 Ok(Applied { images, augmented: batch.masked, targets: None })
             }
-            Augmentation::Scored(s) => s.apply(model, images, batch),
+            Augmentation::Scored(s) => {
+                let (images, augmented) = s.apply(model, images, batch)?;
+                Ok(Applied { images, augmented, targets: None })
+            }
         }
     }
 }

@@ -8,7 +8,6 @@ use tch::Tensor;
 
 use super::GroupCamAugment;
 use super::cache::SaliencyCache;
-use super::mode::Applied;
 use crate::cam::GroupCam;
 use crate::data::Batch;
 use crate::models::CamModel;
@@ -22,15 +21,15 @@ pub struct ScoreCached {
 }
 
 impl ScoreCached {
-    /// `images` as the step trains on them: [`GroupCamAugment::augment_with_scores`] with the
-    /// cached scores of the batch's samples.
-    pub fn apply(&self, model: &dyn CamModel, images: Tensor, batch: &Batch) -> Result<Applied> {
+    /// `images` as the step trains on them, and how many were changed:
+    /// [`GroupCamAugment::augment_with_scores`] with the cached scores of the batch's samples.
+    pub fn apply(&self, model: &dyn CamModel, images: Tensor, batch: &Batch) -> Result<(Tensor, usize)> {
         let cache =
             self.cache.as_ref().context("a step of a score-cached run came before its score cache was opened")?;
         let groups = GroupCam { groups: self.aug.groups, ..Default::default() }.group_count(model.target_channels());
         // The cache pads to G columns where torch.chunk makes fewer groups.
         let scores = cache.scores(&batch.samples)?.narrow(1, 0, groups);
         let a = self.aug.augment_with_scores(model, &images, Some(&batch.labels), &scores)?;
-        Ok(Applied { augmented: a.stats.augmented(), images: a.images, targets: None })
+        Ok((a.images, a.stats.augmented()))
     }
 }

@@ -12,7 +12,7 @@ use super::checkpoint::Meta;
 use super::console::Console;
 use super::probe::ProbeTracker;
 use super::saver::CheckpointSaver;
-use super::setup::Loaders;
+use super::loaders::Loaders;
 use super::step::Trainer;
 use crate::augment::Augmentation;
 use crate::dist::World;

@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod config;
 mod console;
 mod context;
+pub mod loaders;
 pub mod epoch;
 pub mod probe;
 pub mod ranges;
@@ -36,7 +37,7 @@ pub use record::{EpochRecord, ValScore, log_step};
 pub use saver::CheckpointSaver;
 pub use scaler::LossScaler;
 pub use schedule::{Phase, lr_schedule};
-pub use setup::Loaders;
+pub use loaders::Loaders;
 pub use step::{StepResult, Trainer, soft_cross_entropy};
 pub use validation::{Validation, validate};
 
