@@ -11,7 +11,6 @@ use groupcam::augment::cache::{self, CacheMeta, SaliencyCache};
 use groupcam::augment::{CacheOf, GroupCamAugment, Precision, Threshold, binarize};
 use groupcam::data::{ImageFolder, Loader, Transform, transforms};
 use groupcam::models::{Arch, Model};
-use groupcam::synth::{self, SynthConfig};
 use tch::{Device, Kind, Tensor};
 
 const S: u32 = 48;
@@ -228,20 +227,24 @@ fn a_cached_run_refreshes_on_schedule_and_resumes_bit_for_bit() {
         serde_json::from_str(&std::fs::read_to_string(run.join("saliency-cache/cache.json")).unwrap()).unwrap();
     assert_eq!((listed.epoch, listed.side, listed.samples), (3, 24, n));
 
-    finetune_ok(&["--config", s(&config(dir.path(), &data, "split", 2))]);
-    let split = dir.path().join("split");
-    let out = finetune_ok(&[
-        "--config",
-        s(&config(dir.path(), &data, "split", 4)),
-        "--resume",
-        s(&split.join("checkpoints/last.safetensors")),
-    ]);
+    let split = |epochs| config(dir.path(), &data, "split", epochs);
+    check_split_run(&run, split, " maps of 24 x 24 px", "maps");
+}
+
+/// A run of `split(2)` (its config for 2 epochs), resumed with `split(4)` into the same
+/// directory (each config written when its run starts: they share a file), refreshes once (before epoch 4: epoch 3 reuses what was made before epoch 2; `line` marks a
+/// refresh on stdout) and ends with the weights of the straight `run`, bit for bit.
+fn check_split_run(run: &Path, split: impl Fn(usize) -> PathBuf, line: &str, what: &str) {
+    let first = split(2);
+    finetune_ok(&["--config", s(&first)]);
+    let dir = first.parent().unwrap().join("split");
+    let out = finetune_ok(&["--config", s(&split(4)), "--resume", s(&dir.join("checkpoints/last.safetensors"))]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let refreshes: Vec<&str> = text.lines().filter(|l| l.contains(" maps of 24 x 24 px")).collect();
-    assert_eq!(refreshes.len(), 1, "epoch 3 reuses the maps made before epoch 2: {text}");
+    let refreshes: Vec<&str> = text.lines().filter(|l| l.contains(line)).collect();
+    assert_eq!(refreshes.len(), 1, "epoch 3 reuses the {what} made before epoch 2: {text}");
     assert!(refreshes[0].contains("before epoch 4"), "{text}");
     let a = Tensor::read_safetensors(run.join("final.safetensors")).unwrap();
-    let b = Tensor::read_safetensors(split.join("final.safetensors")).unwrap();
+    let b = Tensor::read_safetensors(dir.join("final.safetensors")).unwrap();
     assert_eq!(a.len(), b.len());
     let b: std::collections::HashMap<_, _> = b.into_iter().collect();
     for (k, t) in &a {
@@ -333,7 +336,7 @@ fn a_score_cached_run_refreshes_on_schedule_and_resumes_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth_data(dir.path(), 2);
     let scores = ", cache: scores";
-    let out = finetune(&["--config", s(&config_with(dir.path(), &data, "straight", 4, scores))]);
+    let out = finetune_ok(&["--config", s(&config_with(dir.path(), &data, "straight", 4, scores))]);
     let text = String::from_utf8_lossy(&out.stdout);
     let refreshes: Vec<&str> =
         text.lines().filter(|l| l.contains(" 16 group scores (whole images at 48 px)")).collect();
@@ -355,25 +358,8 @@ fn a_score_cached_run_refreshes_on_schedule_and_resumes_bit_for_bit() {
     let written = std::fs::read_to_string(run.join("config.yaml")).unwrap();
     assert!(written.contains("cache: scores"), "{written}");
 
-    finetune(&["--config", s(&config_with(dir.path(), &data, "split", 2, scores))]);
-    let split = dir.path().join("split");
-    let out = finetune(&[
-        "--config",
-        s(&config_with(dir.path(), &data, "split", 4, scores)),
-        "--resume",
-        s(&split.join("checkpoints/last.safetensors")),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let refreshes: Vec<&str> = text.lines().filter(|l| l.contains(" group scores (whole images")).collect();
-    assert_eq!(refreshes.len(), 1, "epoch 3 reuses the scores made before epoch 2: {text}");
-    assert!(refreshes[0].contains("before epoch 4"), "{text}");
-    let a = Tensor::read_safetensors(run.join("final.safetensors")).unwrap();
-    let b = Tensor::read_safetensors(split.join("final.safetensors")).unwrap();
-    assert_eq!(a.len(), b.len());
-    let b: std::collections::HashMap<_, _> = b.into_iter().collect();
-    for (k, t) in &a {
-        assert!(t.equal(&b[k]), "tensor {k} differs after the resume");
-    }
+    let split = |epochs| config_with(dir.path(), &data, "split", epochs, scores);
+    check_split_run(&run, split, " group scores (whole images", "scores");
 }
 
 /// Scores cached on 2 ranks: each rank scores every second image into its own part of the run
@@ -384,7 +370,7 @@ fn two_ranks_share_a_score_cache_in_parts() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth_data(dir.path(), 1);
     let cfg = config_with(dir.path(), &data, "ranks", 2, ", cache: scores");
-    let out = finetune(&["--config", s(&cfg), "--nproc", "2", "--set", "dist.check_every=1"]);
+    let out = finetune_ok(&["--config", s(&cfg), "--nproc", "2", "--set", "dist.check_every=1"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("group scores (whole images at 48 px) before epoch 2") && text.contains("on rank 0 of 2"),

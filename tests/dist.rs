@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use groupcam::dist::{Ddp, Group, Rendezvous, launch, sampler};
-use groupcam::synth::{self, SynthConfig};
 use tch::{Device, Kind, Tensor, nn};
 
 fn free_port() -> u16 {

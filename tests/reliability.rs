@@ -469,7 +469,8 @@ fn no_command_writes_over_into_or_around_its_inputs() {
     std::fs::create_dir_all(&run).unwrap();
     let start = run.join("start.safetensors");
     std::fs::write(&start, b"weights").unwrap();
-    let (rc, err) = finetune_rc(&["--config", s(&cfg), "--set", &format!("weights={}", start.display()), "--overwrite"]);
+    let (rc, err) =
+        finetune_rc(&["--config", s(&cfg), "--set", &format!("weights={}", start.display()), "--overwrite"]);
     assert_eq!(rc, 1, "{err}");
     assert!(
         err.contains("out ") && err.contains("holds the input weights") && err.contains("start.safetensors"),

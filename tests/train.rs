@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use groupcam::data::{ImageFolder, Loader, Transform};
 use groupcam::models::{Arch, CamModel, Model, Normalization};
-use groupcam::synth::{self, SynthConfig};
 use groupcam::train::Config;
 use tch::{Device, Tensor};
 

@@ -27,7 +27,6 @@ use crate::models::Model;
 use crate::rundir::{Reuse, RunLock};
 use crate::tb::EventLog;
 
-
 /// The starting model: the config's weights, or a seeded random initialisation.
 fn build_model(cfg: &Config, classes: i64, data_root: &Path, device: Device) -> Result<Model> {
     if let Some(n) = cfg.model.num_classes.filter(|&n| n != classes) {
