@@ -41,18 +41,25 @@ demo: build
 bench: build
 	$(BIN) bench explain --device cpu
 
-# Issue 13's A/B on Fashion-MNIST (README "A/B on Fashion-MNIST"): fetches the data once (set-up, Debian's
-# dataset-fashion-mnist), then scripts/ab.py with the README's settings (AB_SETTINGS: the small
-# scripted CNN at 32 px); AB_ARGS adds options or overrides them (later ones win), e.g.
-# AB_ARGS="--threads 2 --device cpu" as the README's run, or "--arm cached:augment.refresh=5".
+# The A/B of README "Does the augmentation help?" (issue 22): for each data set (AB_SETS), the data,
+# the small CNN and its converged plain pre-training (scripts/ab.py, AB_PREP), then `groupcam ab`
+# with every built-in arm over AB_SEEDS. Finished runs are reused, so an interrupted study goes on.
+# AB_ARGS adds to groupcam ab (e.g. --nproc 2).
 AB_DATA ?= .venv/data/fashion-mnist
-AB_SETTINGS ?= --arch small-cnn --train-size 6000 --pretrain-epochs 3 --pretrain-lr 0.02 --epochs 2 --lr 0.01 --lr-step 1 --batch 64 --seeds 0,1,2 --cache-refresh 1 --cache-size 32 --arm cached-k2:augment.refresh=2,augment.cache_size=32
+AB_PHOTOS ?= .venv/data/photos
+AB_SETS ?= fmnist photos
+AB_PREP ?= --train-size 2000 --val-size 2000 --input-size 32 --batch 64 --pretrain-epochs 15 --pretrain-lr 0.05 --pretrain-lr-step 10 --epochs 8 --threads 2 --device cpu
+AB_SEEDS ?= 0,1,2
 AB_ARGS ?=
 ab-data:
 	scripts/fetch-fashion-mnist.sh $(AB_DATA)
+	scripts/fetch-photos.sh $(AB_PHOTOS)
 
 ab: build $(SETUP) ab-data
-	.venv/bin/python scripts/ab.py --idx $(AB_DATA) --work out/ab --bin $(BIN) $(AB_SETTINGS) $(AB_ARGS)
+	set -e; for s in $(AB_SETS); do \
+	  .venv/bin/python scripts/ab.py --set $$s --idx $(AB_DATA) --photos $(AB_PHOTOS) --work out/ab/$$s --bin $(BIN) $(AB_PREP); \
+	  $(BIN) ab --config out/ab/$$s/base.yaml --work out/ab/$$s/arms --seeds $(AB_SEEDS) $(AB_ARGS); \
+	done
 
 # The saliency cache fidelity study (BENCHMARKS.md, "Saliency cache fidelity (issue 13)").
 fidelity: $(SETUP)

@@ -1,8 +1,7 @@
-//! The A/B harness (scripts/ab.py, issue 13) on tiny synthetic IDX files: conversion,
-//! subsampling, one shared plain starting point (ResNet-18, or the scripted small CNN of
-//! scripts/ab_model.py re-saved with its pre-trained weights), the arms' configs, the table and
-//! the JSON, the reuse of finished runs, the t-interval, and a clear error for a bad IDX file.
-//! No download.
+//! The A/B's preparation (scripts/ab.py) on tiny synthetic IDX files: conversion and
+//! subsampling, the small CNN's plain pre-training, its convergence rule, the pre-trained archive
+//! (the run's final tensors, its PyTorch top-1 the run's), the fine-tuning base config, reuse, and
+//! clear errors; then `groupcam ab` itself (issue 22). No download.
 
 mod common;
 
@@ -44,20 +43,24 @@ fn write_split(dir: &Path, prefix: &str, n: usize) {
     write_idx(&dir.join(format!("{prefix}-labels-idx1-ubyte")), &[n as u32], &labels);
 }
 
-/// ResNet-18 at 64 px.
-fn ab(idx: &Path, work: &Path) -> Output {
-    ab_with(idx, work, &["--input-size", "64"])
-}
-
-fn ab_with(idx: &Path, work: &Path, extra: &[&str]) -> Output {
+/// 18 of 24 training images, 4 pre-training epochs (x0.1 after 3), 4 fine-tuning epochs.
+fn prepare(idx: &Path, work: &Path, extra: &[&str]) -> Output {
     Command::new(python())
         .arg(root().join("scripts/ab.py"))
-        .args(["--idx", s(idx), "--work", s(work), "--bin", env!("CARGO_BIN_EXE_groupcam")])
-        .args(["--seeds", "0", "--train-size", "18", "--batch", "8"])
-        .args(["--pretrain-epochs", "1", "--epochs", "1", "--workers", "1", "--device", "cpu"])
+        .args(["--set", "fmnist", "--idx", s(idx), "--work", s(work), "--bin", env!("CARGO_BIN_EXE_groupcam")])
+        .args(["--train-size", "18", "--batch", "8", "--pretrain-epochs", "4", "--pretrain-lr-step", "3"])
+        .args(["--pretrain-lr", "0.1", "--epochs", "4", "--workers", "1", "--device", "cpu"])
         .args(extra)
         .output()
         .expect("cannot run the venv's python: run `make venv` first")
+}
+
+fn idx_dir(tmp: &Path) -> std::path::PathBuf {
+    let idx = tmp.join("idx");
+    std::fs::create_dir_all(&idx).unwrap();
+    write_split(&idx, "train", 24);
+    write_split(&idx, "t10k", 12);
+    idx
 }
 
 fn json(path: &Path) -> Value {
@@ -75,22 +78,19 @@ fn pngs(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// The plateau rule of the test is loose (+100 points), the tiny pre-training's curve is
+/// whatever it is; everything else is the README's procedure.
 #[test]
-fn smoke_run_writes_the_table_and_json_and_reuses_finished_runs() {
+fn prepare_pretrains_the_small_cnn_and_writes_the_fine_tuning_base() {
     let tmp = tempfile::tempdir().unwrap();
-    let (idx, work) = (tmp.path().join("idx"), tmp.path().join("work"));
-    std::fs::create_dir_all(&idx).unwrap();
-    write_split(&idx, "train", 24);
-    write_split(&idx, "t10k", 12);
-
-    let out = ab(&idx, &work);
+    let (idx, work) = (idx_dir(tmp.path()), tmp.path().join("work"));
+    let out = prepare(&idx, &work, &["--plateau", "100"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "ab.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
 
     // Conversion: a stratified subset of 6 per class for training, the whole test set as val,
     // 28 px RGB PNGs in ImageFolder layout.
-    let train = pngs(&work.join("data/train"));
-    let val = pngs(&work.join("data/val"));
+    let (train, val) = (pngs(&work.join("data/train")), pngs(&work.join("data/val")));
     assert_eq!((train.len(), val.len()), (18, 12));
     for c in std::fs::read_dir(work.join("data/train")).unwrap() {
         assert_eq!(std::fs::read_dir(c.unwrap().path()).unwrap().count(), 6);
@@ -98,96 +98,22 @@ fn smoke_run_writes_the_table_and_json_and_reuses_finished_runs() {
     let img = image::open(&val[0]).unwrap();
     assert_eq!((img.width(), img.height(), img.color()), (28, 28, image::ColorType::Rgb8));
 
-    let r = json(&work.join("ab.json"));
-    let arms = r["arms"].as_object().unwrap();
-    assert_eq!(arms.keys().map(String::as_str).collect::<Vec<_>>(), ["cached", "control", "faithful", "fast"]); // serde_json sorts keys
-    assert!(r["missing"].as_object().unwrap().is_empty(), "{}", r["missing"]);
-    let start = work.join("runs/pretrain/final.safetensors");
-    assert!(start.is_file());
-    for (name, arm) in arms {
-        let runs = arm["runs"].as_array().unwrap();
-        assert_eq!(runs.len(), 1, "{name}");
-        let run = &runs[0];
-        assert_eq!(run["seed"], 0);
-        assert_eq!(run["val_images"], 12, "{name}: the whole test set");
-        // The figure is the run's own final val top-1, not something else.
-        let dir = Path::new(run["run"].as_str().unwrap());
-        let history = json(&dir.join("history.json"));
-        let last = history.as_array().unwrap().last().unwrap();
-        assert_eq!(run["top1"], last["val_top1"], "{name}");
-        assert!(run["wall_s"].as_f64().unwrap() > 0.0);
-        // Every arm starts from the shared plain checkpoint, with the seed as its data order.
-        let cfg = &json(&dir.join("ab-config.json"))["config"];
-        assert_eq!(cfg["weights"].as_str().unwrap(), s(&start), "{name}");
-        assert_eq!(cfg["train"]["seed"], 0, "{name}");
-        assert_eq!(cfg["data"]["input_size"], 64);
-    }
-    let aug = |n: &str| arms[n]["augmented_mean"].as_f64().unwrap();
-    assert_eq!(aug("control"), 0.0);
-    assert!(aug("faithful") > 0.0, "faithful augmented nothing");
-    assert!(aug("fast") > 0.0 && aug("fast") <= 0.5 + 1e-9, "fast draws half of each batch: {}", aug("fast"));
-    let cfg = |n: &str| json(&work.join(format!("runs/{n}-s0/ab-config.json")))["config"]["augment"].clone();
-    assert_eq!(cfg("control")["enabled"], false);
-    assert_eq!(cfg("faithful")["enabled"], true);
-    assert_eq!((cfg("fast")["probability"].as_f64(), cfg("fast")["score_size"].as_i64()), (Some(0.5), Some(32)));
-    assert_eq!(cfg("cached")["refresh"], 1);
-    assert!(aug("cached") > 0.0, "the cached arm masked nothing");
-    let cached = json(&work.join("runs/cached-s0/history.json"));
-    assert_eq!(cached[0]["maps_from_epoch"], 1, "one fine-tuning epoch, its maps made before it");
-
-    // The paired difference per seed; one seed has no interval.
-    for n in ["faithful", "fast", "cached"] {
-        let d = &arms[n]["diff"];
-        let want = arms[n]["runs"][0]["top1"].as_f64().unwrap() - arms["control"]["runs"][0]["top1"].as_f64().unwrap();
-        assert!((d["per_seed"][0].as_f64().unwrap() - want).abs() < 1e-12, "{n}: {d}");
-        assert!(d["ci95"].is_null());
-    }
-
-    let table = std::fs::read_to_string(work.join("ab.md")).unwrap();
-    let top1 = format!("{:.2}", 100.0 * arms["faithful"]["top1_mean"].as_f64().unwrap());
-    let faithful_row = table.lines().find(|l| l.starts_with("| faithful |")).expect("a faithful row");
-    assert!(faithful_row.contains(&top1), "{faithful_row} lacks {top1}");
-    for row in ["| control |", "| fast |", "| cached | G = 16, maps of whole images cached"] {
-        assert!(table.contains(row), "no '{row}' row in\n{table}");
-    }
-    assert!(table.contains("12 images) as validation"), "{table}");
-    let report = std::fs::read_to_string(work.join("reports/faithful-s0.md")).unwrap();
-    assert!(report.contains("## control"), "groupcam report with the control beside it:\n{report}");
-
-    // A second call finds every run done with the same config and reuses it.
-    let again = ab(&idx, &work);
-    let stdout = String::from_utf8_lossy(&again.stdout);
-    assert!(again.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&again.stderr));
-    assert_eq!(stdout.matches(": reusing ").count(), 5, "{stdout}");
-    assert_eq!(json(&work.join("ab.json"))["arms"]["faithful"]["top1_mean"], arms["faithful"]["top1_mean"]);
-}
-
-#[test]
-fn small_cnn_arms_start_from_the_pretrained_archive() {
-    // --arch small-cnn: scripts/ab_model.py's archive (random, seeded) is pre-trained through
-    // `weights:`, its final.safetensors loaded back into it as runs/pretrain/pretrained.pt, and
-    // every arm fine-tunes that archive. About 10 s.
-    let tmp = tempfile::tempdir().unwrap();
-    let (idx, work) = (tmp.path().join("idx"), tmp.path().join("work"));
-    std::fs::create_dir_all(&idx).unwrap();
-    write_split(&idx, "train", 24);
-    write_split(&idx, "t10k", 12);
-    let out = ab_with(&idx, &work, &["--arch", "small-cnn"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "ab.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-
-    let r = json(&work.join("ab.json"));
-    // The archive's own input size (32) and its 8 x 8 target layer; a 3-way head for 3 classes.
-    assert_eq!((r["setup"]["input_size"].as_i64(), r["setup"]["target_layer"].as_str()), (Some(32), Some("8 x 8")));
+    // The pre-training: plain, from the seeded random archive, its curve recorded with the rule.
     let archive = work.join("model/small-cnn-s0-c3-32.pt");
-    assert!(archive.is_file());
     let pre = &json(&work.join("runs/pretrain/ab-config.json"))["config"];
     assert_eq!((pre["arch"].as_str(), pre["weights"].as_str()), (Some("torchscript"), Some(s(&archive))));
-    assert_eq!(pre["augment"]["enabled"], false);
+    assert_eq!((pre["augment"]["enabled"].as_bool(), pre["train"]["lr_step"].as_i64()), (Some(false), Some(3)));
+    let history = json(&work.join("runs/pretrain/history.json"));
+    let record = json(&work.join("pretrain.json"));
+    let curve: Vec<f64> = history.as_array().unwrap().iter().map(|h| h["val_top1"].as_f64().unwrap()).collect();
+    assert_eq!(record["val_top1"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect::<Vec<_>>(), curve);
+    let gain = record["gain_points"].as_f64().unwrap();
+    assert!((gain - 100.0 * (curve[3] - curve[0])).abs() < 1e-9, "{record}");
+    assert_eq!(record["converged"], true);
 
     // pretrained.pt holds exactly the pre-training's final tensors, and its PyTorch top-1 is
     // the run's (to one image of 12).
-    let (pretrained, final_) = (work.join("runs/pretrain/pretrained.pt"), work.join("runs/pretrain/final.safetensors"));
+    let (pretrained, final_) = (work.join("pretrained.pt"), work.join("runs/pretrain/final.safetensors"));
     let code = format!(
         "import torch, safetensors.torch as st; m = torch.jit.load({:?}); f = st.load_file({:?}); h = m.state_dict(); \
          print(set(h) == set(f) and all(torch.equal(h[k], f[k]) for k in f)); print(tuple(m(torch.zeros(2, 3, 32, 32)).shape))",
@@ -198,69 +124,49 @@ fn small_cnn_arms_start_from_the_pretrained_archive() {
     let text = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
     assert_eq!(text.lines().collect::<Vec<_>>(), ["True", "(2, 3)"], "{text}");
-    let stamp = json(&work.join("runs/pretrain/pretrained.pt.json"));
+    let stamp = json(&work.join("pretrained.pt.json"));
     let (py, run) = (stamp["val_top1_pytorch"].as_f64().unwrap(), stamp["val_top1_run"].as_f64().unwrap());
     assert!((py - run).abs() <= 1.01 / 12.0, "PyTorch {py} against the run's {run}");
+    assert_eq!(run, *curve.last().unwrap());
 
-    let arms = r["arms"].as_object().unwrap();
-    assert_eq!(arms.keys().map(String::as_str).collect::<Vec<_>>(), ["cached", "control", "faithful", "fast"]); // serde_json sorts keys
-    for name in ["control", "faithful", "fast", "cached"] {
-        let cfg = &json(&work.join(format!("runs/{name}-s0/ab-config.json")))["config"];
-        assert_eq!(cfg["arch"], "torchscript", "{name}");
-        assert_eq!(cfg["weights"].as_str().unwrap(), s(&pretrained), "{name}");
-        assert_eq!(cfg["data"]["input_size"], 32, "{name}");
-    }
-    let fast = &json(&work.join("runs/fast-s0/ab-config.json"))["config"]["augment"];
-    assert_eq!(fast["score_size"], 16, "half the archive's input size");
-    assert_eq!(arms["control"]["augmented_mean"].as_f64(), Some(0.0));
-    assert!(arms["faithful"]["augmented_mean"].as_f64().unwrap() > 0.0);
-    let table = std::fs::read_to_string(work.join("ab.md")).unwrap();
-    assert!(table.contains("small-cnn at 32 px (8 x 8 target-layer positions)"), "{table}");
+    // The base: the pre-trained archive at lr / 100 for 4 epochs, x0.1 after 3 (3/4 of them).
+    let base = json(&work.join("base.yaml"));
+    assert_eq!(base["weights"].as_str(), Some(s(&pretrained)));
+    assert_eq!((base["train"]["epochs"].as_i64(), base["train"]["lr_step"].as_i64()), (Some(4), Some(3)));
+    assert!((base["train"]["lr"].as_f64().unwrap() - 0.001).abs() < 1e-12);
+    assert_eq!((base["data"]["input_size"].as_i64(), base["augment"]["enabled"].as_bool()), (Some(32), Some(false)));
 
-    // Everything is reused on a second call, the converted starting point included.
-    let again = ab_with(&idx, &work, &["--arch", "small-cnn"]);
+    // A second call reuses the pre-training and the converted archive.
+    let again = prepare(&idx, &work, &["--plateau", "100"]);
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(again.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&again.stderr));
-    assert_eq!(stdout.matches(": reusing ").count(), 5, "{stdout}");
-    assert!(!stdout.contains("pretrained: "), "pretrained.pt was converted again:\n{stdout}");
+    assert!(stdout.contains("pretrain: reusing") && !stdout.contains("pretrained: "), "{stdout}");
 }
 
+/// A pre-training that misses the rule is an error and writes no base; a bad IDX file is named
+/// before anything runs.
 #[test]
-fn a_bad_idx_file_is_named_and_nothing_runs() {
+fn an_unconverged_start_or_a_bad_idx_file_stops_before_the_base() {
     let tmp = tempfile::tempdir().unwrap();
-    let (idx, work) = (tmp.path().join("idx"), tmp.path().join("work"));
-    std::fs::create_dir_all(&idx).unwrap();
-    write_split(&idx, "train", 24);
-    write_split(&idx, "t10k", 12);
+    let (idx, work) = (idx_dir(tmp.path()), tmp.path().join("work"));
+    let out = prepare(&idx, &work, &["--plateau", "-1000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("has not converged"), "{err}");
+    assert!(work.join("pretrain.json").is_file() && !work.join("base.yaml").exists() && !work.join("pretrained.pt").exists());
+
+    let work = tmp.path().join("bad");
     let bad = idx.join("t10k-labels-idx1-ubyte");
     std::fs::write(&bad, b"\x00\x00\x08\x03not labels").unwrap();
-    let out = ab(&idx, &work);
+    let out = prepare(&idx, &work, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains(s(&bad)) && err.contains("not an IDX file of 1-D"), "{err}");
     assert!(!work.join("runs").exists(), "a run started despite the bad file");
 
     std::fs::remove_file(&bad).unwrap();
-    let out = ab(&idx, &work);
+    let out = prepare(&idx, &work, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("t10k-labels-idx1-ubyte(.gz) is missing"), "{err}");
-}
-
-#[test]
-fn paired_difference_interval_is_students_t() {
-    // ab.py's t_interval on three pairs against the textbook formula, t(0.975, 2) = 4.303.
-    let code = "import json, sys; sys.path.insert(0, 'scripts'); import ab; \
-                print(json.dumps(ab.t_interval([0.01, 0.03, -0.01])))";
-    let out = Command::new(python()).current_dir(root()).args(["-c", code]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let d = [0.01f64, 0.03, -0.01];
-    let m = d.iter().sum::<f64>() / 3.0;
-    let sd = (d.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 2.0).sqrt();
-    let h = 4.303 * sd / 3f64.sqrt();
-    assert!((v[0].as_f64().unwrap() - m).abs() < 1e-12);
-    assert!((v[1][0].as_f64().unwrap() - (m - h)).abs() < 1e-12, "{v}");
-    assert!((v[1][1].as_f64().unwrap() - (m + h)).abs() < 1e-12, "{v}");
 }
 
 // ---- `groupcam ab` (issue 22): the A/B as a command of the product ----

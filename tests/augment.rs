@@ -356,6 +356,7 @@ fn apply_probability_skips_images_without_scoring_them() {
     assert!(same(&none.images, &x) && none.stats.skipped() == 4);
     assert!(model.batches.borrow().is_empty(), "skipped images were scored");
     let half = GroupCamAugment { probability: 0.5, max_batch: Some(64), ..Default::default() };
+    let _generator = common::torch_generator();
     tch::manual_seed(4);
     let a = half.augment(&model, &x, &y).unwrap();
     tch::manual_seed(4);
@@ -374,6 +375,7 @@ fn apply_probability_skips_images_without_scoring_them() {
 
 #[test]
 fn each_image_is_drawn_with_chance_p_in_batches_of_about_p_b() {
+    let _generator = common::torch_generator();
     tch::manual_seed(0);
     let aug = GroupCamAugment { probability: 0.3, ..Default::default() };
     let mut hits = [0usize; 5];

@@ -41,7 +41,7 @@ pub struct Spec {
 }
 
 /// The built-in arms.
-pub const BUILT_IN: [&str; 5] = ["control", "faithful", "fast", "cached", "cutmix"];
+pub const BUILT_IN: [&str; 6] = ["control", "faithful", "fast", "cached", "scores", "cutmix"];
 
 /// Keys that the A/B sets itself for every run.
 const OWNED: [&str; 3] = ["train.seed", "out", "weights"];
@@ -87,6 +87,7 @@ fn describe(name: &str, input_size: u32) -> Option<String> {
         "faithful" => "Group-CAM, G = 16, every image, scored at full resolution (the paper)".into(),
         "fast" => format!("Group-CAM, G = 16, probability 0.5, scored at {} px", input_size / 2),
         "cached" => "Group-CAM, G = 16, every image, maps of whole images cached, refreshed every epoch".into(),
+        "scores" => "Group-CAM, G = 16, every image, group scores of whole images cached, refreshed every epoch".into(),
         "cutmix" => "CutMix (timm's: alpha 1, every batch, labels mixed by area)".into(),
         _ => return None,
     })
@@ -112,7 +113,7 @@ fn built_in(name: &str, input_size: u32) -> Option<Vec<String>> {
         ["augment.enabled=true", "augment.method=groupcam", "augment.groups=16", "augment.probability=1.0"]
             .iter()
             .map(|s| s.to_string())
-            .chain(["augment.score_size=null".into(), "augment.refresh=batch".into()])
+            .chain(["augment.score_size=null".into(), "augment.refresh=batch".into(), "augment.cache=maps".into()])
             .chain(extra.iter().cloned())
             .collect()
     };
@@ -121,6 +122,7 @@ fn built_in(name: &str, input_size: u32) -> Option<Vec<String>> {
         "faithful" => groupcam(&[]),
         "fast" => groupcam(&["augment.probability=0.5".into(), format!("augment.score_size={}", input_size / 2)]),
         "cached" => groupcam(&["augment.refresh=1".into()]),
+        "scores" => groupcam(&["augment.refresh=1".into(), "augment.cache=scores".into()]),
         "cutmix" => vec![
             "augment.enabled=true".into(),
             "augment.method=cutmix".into(),

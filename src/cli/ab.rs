@@ -10,7 +10,8 @@ pub struct AbArgs {
     /// The base fine-tuning config; its `weights:` is every run's starting point.
     #[arg(long)]
     config: PathBuf,
-    /// An arm (repeat): control, faithful, fast, cached, cutmix, or NAME:key=value,... (default: all
+    /// An arm (repeat): control, faithful, fast, cached, scores, cutmix,
+    /// or NAME:key=value,... (default: all
     /// the built-ins; the control is always run).
     #[arg(long = "arm")]
     arms: Vec<String>,

@@ -96,3 +96,11 @@ pub fn tiny_data(dir: &Path, size: u32, train: usize) -> PathBuf {
     groupcam::synth::write(&root, &cfg).unwrap();
     root
 }
+
+/// The tests of one file run on parallel threads and libtorch has one default generator: a
+/// test that seeds it and expects the same draws again holds this lock, as does every test of
+/// that file that draws from it.
+pub fn torch_generator() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
