@@ -47,8 +47,8 @@ bench: build
 # AB_ARGS adds to groupcam ab (e.g. --nproc 2).
 AB_DATA ?= .venv/data/fashion-mnist
 AB_PHOTOS ?= .venv/data/photos
-AB_SETS ?= fmnist photos
-AB_PREP ?= --train-size 2000 --val-size 2000 --input-size 32 --batch 64 --pretrain-epochs 15 --pretrain-lr 0.05 --pretrain-lr-step 10 --epochs 8 --threads 2 --device cpu
+AB_SETS ?= photos fmnist
+AB_PREP ?= --train-size 2000 --val-size 2000 --input-size 32 --batch 64 --pretrain-epochs 30 --pretrain-lr 0.05 --pretrain-lr-step 10 --epochs 8 --threads 2 --device cpu
 AB_SEEDS ?= 0,1,2
 AB_ARGS ?=
 ab-data:

@@ -384,7 +384,7 @@ def main(argv=None):
     with open(os.path.join(a.work, "pretrain.json"), "w") as f:
         json.dump(record, f, indent=1)
     shown = " ".join(f"{100 * v:.1f}" for v in curve)
-    print(f"pretrain: val top-1 per epoch {shown}; last {a.plateau_window} epochs +{gain if gain is not None else float('nan'):.2f} points", flush=True)
+    print(f"pretrain: val top-1 per epoch {shown}; last {a.plateau_window} epochs {gain if gain is not None else float('nan'):+.2f} points", flush=True)
     if not ok:
         raise AbError(f"the pre-training has not converged ({record['rule']} is not met: "
                       f"{gain if gain is not None else 'too few epochs'}); raise --pretrain-epochs")
