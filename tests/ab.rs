@@ -152,7 +152,11 @@ fn an_unconverged_start_or_a_bad_idx_file_stops_before_the_base() {
     let out = prepare(&idx, &work, &["--plateau", "-1000"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("has not converged"), "{err}");
-    assert!(work.join("pretrain.json").is_file() && !work.join("base.yaml").exists() && !work.join("pretrained.pt").exists());
+    assert!(
+        work.join("pretrain.json").is_file()
+            && !work.join("base.yaml").exists()
+            && !work.join("pretrained.pt").exists()
+    );
 
     let work = tmp.path().join("bad");
     let bad = idx.join("t10k-labels-idx1-ubyte");

@@ -88,6 +88,37 @@ fn legacy_missing_and_garbage_files_get_clear_messages() {
     assert!(e.contains("cut.pth"), "{e}");
 }
 
+/// Issue 24, case 3: a torch.save archive whose pickle holds a callable, and a plain pickle,
+/// are refused naming what was found and the accepted formats; their `__reduce__` (which would
+/// create a marker file) never runs.
+#[test]
+fn weights_files_holding_python_objects_are_named_and_never_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (zip, pickle, marker) = (dir.path().join("objects.pth"), dir.path().join("plain.pkl"), dir.path().join("ran"));
+    py(&["python-objects", "--zip", s(&zip), "--pickle", s(&pickle), "--marker", s(&marker)]);
+    assert!(!marker.exists(), "the fixture itself ran the object");
+    let e = err(Arch::Resnet18, &zip);
+    assert!(e.contains("objects.pth") && e.contains("a Python object (io.open)"), "{e}");
+    assert!(e.contains("runs no code") && e.contains(".safetensors"), "{e}");
+    let e = err(Arch::Resnet18, &pickle);
+    assert!(e.contains("plain.pkl") && e.contains("plain Python pickle") && e.contains(".safetensors"), "{e}");
+    let out = bin()
+        .args([
+            "explain",
+            "--arch",
+            "resnet18",
+            "--weights",
+            s(&zip),
+            "--image",
+            s(&root().join("tests/data/chelsea.png")),
+        ])
+        .args(["--out", s(&dir.path().join("maps"))])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("io.open"));
+    assert!(!marker.exists(), "loading a weights file ran its Python object");
+}
+
 #[test]
 fn torchvision_state_dicts_load_with_num_batches_tracked() {
     // fixtures.py saves model.state_dict() with torch.save: num_batches_tracked included.

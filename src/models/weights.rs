@@ -14,6 +14,69 @@ use super::Arch;
 /// The magic number that opens PyTorch's legacy (pre-1.6, non-zip) `torch.save` format.
 const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
 
+/// What `read` takes, for its messages.
+const ACCEPTED: &str = "accepted: a torch.save state dict .pth/.pt, .safetensors or .ot";
+
+/// What a torch.save pickle may name besides tensors, storages and the dicts that hold them:
+/// anything else is a Python object (a callable, a class) that only Python could rebuild.
+const TENSOR_GLOBALS: [&str; 4] = ["torch._utils", "torch.storage", "collections", "torch"];
+
+/// The first global of a pickle that is not a tensor's, as `module.name`: protocol 2's GLOBAL
+/// opcode (`c` module `\n` name `\n`) and protocol 4's STACK_GLOBAL after two short strings.
+fn foreign_global(pickle: &[u8]) -> Option<String> {
+    let ident = |b: &[u8]| !b.is_empty() && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'.');
+    let allowed = |module: &str| TENSOR_GLOBALS.contains(&module);
+    for i in 0..pickle.len() {
+        if pickle[i] == b'c' {
+            let rest = &pickle[i + 1..];
+            let mut parts = rest.splitn(3, |c| *c == b'\n');
+            if let (Some(m), Some(n), Some(_)) = (parts.next(), parts.next(), parts.next())
+                && ident(m)
+                && ident(n)
+            {
+                let module = String::from_utf8_lossy(m);
+                if !allowed(&module) {
+                    return Some(format!("{module}.{}", String::from_utf8_lossy(n)));
+                }
+            }
+        }
+        // SHORT_BINUNICODE module, [MEMOIZE], SHORT_BINUNICODE name, [MEMOIZE], STACK_GLOBAL.
+        if pickle[i] == 0x8c {
+            let short = |at: usize| -> Option<(&[u8], usize)> {
+                let len = *pickle.get(at + 1)? as usize;
+                let s = pickle.get(at + 2..at + 2 + len)?;
+                let mut end = at + 2 + len;
+                if pickle.get(end) == Some(&0x94) {
+                    end += 1;
+                }
+                Some((s, end))
+            };
+            if let Some((m, next)) = short(i)
+                && pickle.get(next) == Some(&0x8c)
+                && let Some((n, end)) = short(next)
+                && pickle.get(end) == Some(&0x93)
+                && ident(m)
+                && ident(n)
+            {
+                let module = String::from_utf8_lossy(m);
+                if !allowed(&module) {
+                    return Some(format!("{module}.{}", String::from_utf8_lossy(n)));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The pickle of a torch.save zip archive (`<name>/data.pkl`), if it can be read.
+fn archive_pickle(path: &Path) -> Option<Vec<u8>> {
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(std::fs::File::open(path).ok()?)).ok()?;
+    let name = zip.file_names().find(|n| n.ends_with("data.pkl"))?.to_string();
+    let mut out = vec![];
+    zip.by_name(&name).ok()?.read_to_end(&mut out).ok()?;
+    Some(out)
+}
+
 /// Reads every tensor of a weights file, as CPU float tensors keyed by name.
 pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let mut head = [0u8; 16];
@@ -31,6 +94,12 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
              convert it once with: python -c \"import torch; torch.save(torch.load('{0}', map_location='cpu'), 'converted.pth')\"",
             path.display()
         )
+    } else if head.len() >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
+        bail!(
+            "{} is a plain Python pickle, not a torch.save archive: groupcam loads only tensors and runs no code \
+             from weights files ({ACCEPTED})",
+            path.display()
+        )
     } else if ext == "safetensors" {
         Tensor::read_safetensors(path)
             .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {}", path.display(), torch_message(&e)))?
@@ -38,10 +107,7 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         Tensor::load_multi(path)
             .map_err(|e| anyhow::anyhow!("{} is not a valid tch .ot file: {}", path.display(), torch_message(&e)))?
     } else {
-        bail!(
-            "{}: unrecognised weights format (expected a torch.save state dict .pth/.pt, .safetensors or .ot)",
-            path.display()
-        )
+        bail!("{}: unrecognised weights format ({ACCEPTED})", path.display())
     };
     let mut out = BTreeMap::new();
     for (name, t) in named {
@@ -75,6 +141,14 @@ fn read_torch_zip(path: &Path) -> Result<Vec<(String, Tensor)>> {
             Ok(_) => {}
             Err(e) => last_err = Some(e),
         }
+    }
+    // The parse failed: say so in the file's own terms when its pickle names a Python object.
+    if let Some(object) = archive_pickle(path).as_deref().and_then(foreign_global) {
+        bail!(
+            "{} holds a Python object ({object}) where tensors were expected: groupcam loads only tensors and \
+             runs no code from weights files ({ACCEPTED}; save model.state_dict())",
+            path.display()
+        );
     }
     match last_err {
         // candle's errors carry a backtrace after the first line.

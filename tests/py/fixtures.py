@@ -211,6 +211,24 @@ def cmd_legacy(a):
     torch.save(model.state_dict(), a.out, _use_new_zipfile_serialization=False)
 
 
+class _Marker:
+    """Unpickling it calls open(path, "w"): a side effect a test can see."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def cmd_python_objects(a):
+    """A torch.save archive whose state dict is a Python object, and a plain pickle of one."""
+    import pickle
+    torch.save({"model_state_dict": _Marker(a.marker)}, a.zip)
+    with open(a.pickle, "wb") as f:
+        pickle.dump({"fc.weight": _Marker(a.marker)}, f, protocol=4)
+
+
 def readme_recipes(readme, out):
     """The README's TorchScript recipes (the python blocks after `<!-- recipe: ... -->`), written
     as they are to one module in `out` (TorchScript reads the source of what it compiles)."""
@@ -440,6 +458,11 @@ def main():
     s = sub.add_parser("cmyk")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=lambda a: __import__("PIL.Image").Image.new("CMYK", (40, 30), (10, 200, 30, 0)).save(a.out, "JPEG"))
+    s = sub.add_parser("python-objects")
+    s.add_argument("--zip", required=True)
+    s.add_argument("--pickle", required=True)
+    s.add_argument("--marker", required=True)
+    s.set_defaults(fn=cmd_python_objects)
     s = sub.add_parser("legacy")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_legacy)
