@@ -8,20 +8,10 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{python, root, s};
+use common::{python, root, s, write_idx};
 use serde_json::Value;
 
 const CLASSES: usize = 3;
-
-/// An IDX file of unsigned bytes: magic 0x0000 08 nd, big-endian dims, the body.
-fn write_idx(path: &Path, dims: &[u32], body: &[u8]) {
-    let mut data = vec![0u8, 0, 0x08, dims.len() as u8];
-    for d in dims {
-        data.extend_from_slice(&d.to_be_bytes());
-    }
-    data.extend_from_slice(body);
-    std::fs::write(path, data).unwrap();
-}
 
 /// n 28 x 28 images of CLASSES classes (label i % CLASSES), each class a bright bar at its own
 /// height on noise, so that the classes differ.

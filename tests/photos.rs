@@ -12,16 +12,6 @@ use common::*;
 const CLASSES: usize = 10;
 const PER_CLASS: usize = 3;
 
-/// An IDX file of unsigned bytes.
-fn write_idx(path: &Path, shape: &[u32], body: &[u8]) {
-    let mut bytes = vec![0u8, 0, 0x08, shape.len() as u8];
-    for d in shape {
-        bytes.extend_from_slice(&d.to_be_bytes());
-    }
-    bytes.extend_from_slice(body);
-    std::fs::write(path, bytes).unwrap();
-}
-
 /// Fashion-MNIST's four files with `PER_CLASS` garments of each class in both splits: each a
 /// 28 x 28 image whose left half is 0 (the photo shows) and right half 255 (white ink).
 fn idx(dir: &Path) -> PathBuf {

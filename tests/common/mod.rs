@@ -104,3 +104,14 @@ pub fn torch_generator() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// An IDX file of unsigned bytes (Fashion-MNIST's format): magic 0x0000 08 nd, big-endian
+/// dims, the body.
+pub fn write_idx(path: &Path, dims: &[u32], body: &[u8]) {
+    let mut data = vec![0u8, 0, 0x08, dims.len() as u8];
+    for d in dims {
+        data.extend_from_slice(&d.to_be_bytes());
+    }
+    data.extend_from_slice(body);
+    std::fs::write(path, data).unwrap();
+}
