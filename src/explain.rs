@@ -55,18 +55,15 @@ pub fn explain_files(
 
 /// Writes `<stem>.png` and `<stem>.npy` per image into `dir`; returns the PNG paths.
 pub fn write(items: &[ExplainedImage], dir: &Path) -> Result<Vec<PathBuf>> {
-    let outputs: Vec<PathBuf> =
-        items.iter().flat_map(|it| ["png", "npy"].map(|e| dir.join(format!("{}.{e}", it.stem)))).collect();
-    let inputs: Vec<PathBuf> = items.iter().map(|it| it.input.clone()).collect();
-    crate::atomic::check_not_inputs(&outputs, &inputs)?;
-    files::create_dir(dir)?;
-    items
-        .iter()
-        .map(|it| {
-            let png = dir.join(format!("{}.png", it.stem));
-            crate::atomic::save_png(&it.overlay, &png)?;
-            imageio::write_npy(&it.map, &dir.join(format!("{}.npy", it.stem)))?;
-            Ok(png)
-        })
-        .collect()
+    files::write_per_input(
+        dir,
+        items,
+        |it| (&it.input, &it.stem),
+        &[".png", ".npy"],
+        |it, paths| {
+            crate::atomic::save_png(&it.overlay, &paths[0])?;
+            imageio::write_npy(&it.map, &paths[1])?;
+            Ok(paths[0].clone())
+        },
+    )
 }

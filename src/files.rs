@@ -56,3 +56,23 @@ pub fn write_json(value: &impl serde::Serialize, path: &Path) -> Result<()> {
 pub fn create_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
 }
+
+/// Files named after their inputs in `dir`, `STEM` + each of `suffixes` per input (an input is
+/// its path and output stem): refused before `dir` is made when one would replace an input,
+/// then `write` makes each input's files (their paths in `suffixes` order) and returns the one
+/// to show.
+pub fn write_per_input<T>(
+    dir: &Path,
+    items: &[T],
+    input_of: impl Fn(&T) -> (&Path, &str),
+    suffixes: &[&str],
+    mut write: impl FnMut(&T, &[PathBuf]) -> Result<PathBuf>,
+) -> Result<Vec<PathBuf>> {
+    let names =
+        |it: &T| -> Vec<PathBuf> { suffixes.iter().map(|e| dir.join(format!("{}{e}", input_of(it).1))).collect() };
+    let outputs: Vec<PathBuf> = items.iter().flat_map(names).collect();
+    let inputs: Vec<PathBuf> = items.iter().map(|it| input_of(it).0.to_path_buf()).collect();
+    crate::atomic::check_not_inputs(&outputs, &inputs)?;
+    create_dir(dir)?;
+    items.iter().map(|it| write(it, &names(it))).collect()
+}

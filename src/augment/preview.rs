@@ -57,19 +57,15 @@ pub fn preview(
 
 /// Writes `<stem>-augmented.png` and `<stem>-mask.png` per image; returns the image paths.
 pub fn write(items: &[Preview], dir: &Path) -> Result<Vec<PathBuf>> {
-    let outputs: Vec<PathBuf> =
-        items.iter().flat_map(|it| ["augmented", "mask"].map(|e| dir.join(format!("{}-{e}.png", it.stem)))).collect();
-    let inputs: Vec<PathBuf> = items.iter().map(|it| it.input.clone()).collect();
-    crate::atomic::check_not_inputs(&outputs, &inputs)?;
-    files::create_dir(dir)?;
-    items
-        .iter()
-        .map(|it| {
-            let (img, mask) =
-                (dir.join(format!("{}-augmented.png", it.stem)), dir.join(format!("{}-mask.png", it.stem)));
-            crate::atomic::save_png(&it.image, &img)?;
-            crate::atomic::save_png(&it.mask, &mask)?;
-            Ok(img)
-        })
-        .collect()
+    files::write_per_input(
+        dir,
+        items,
+        |it| (&it.input, &it.stem),
+        &["-augmented.png", "-mask.png"],
+        |it, paths| {
+            crate::atomic::save_png(&it.image, &paths[0])?;
+            crate::atomic::save_png(&it.mask, &paths[1])?;
+            Ok(paths[0].clone())
+        },
+    )
 }
